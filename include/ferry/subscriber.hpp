@@ -27,6 +27,10 @@ struct SubscribeOptions {
   std::chrono::milliseconds ack_timeout{30'000};
   // Where reject() moves messages; empty means "<topic>.<group>.dlq".
   std::string dead_letter_topic;
+  // A throwaway group (for tools like `ferry tail`): it receives only messages published
+  // after it was created, and it is deleted, with what it has not consumed, when its
+  // subscriber closes. NSQ maps it to a "#ephemeral" channel.
+  bool ephemeral = false;
 
   std::string effective_dead_letter_topic() const;
   // Throws Error(invalid_argument) for an empty or malformed topic or group.

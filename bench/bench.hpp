@@ -1,0 +1,46 @@
+#pragma once
+// ferry's throughput and latency benchmark, shared by `ferry bench` and bench/.
+//
+// Publishes `messages` messages of `size` bytes from `producers` threads (each keeping
+// up to `window` publishes in flight, or sending batches of `batch`), while `consumers`
+// threads of one group receive and ack them. Reports confirmed-publish throughput,
+// consume throughput and end-to-end latency percentiles (publish call to receive).
+
+#include <cstdint>
+#include <iosfwd>
+#include <string>
+
+namespace ferry::bench {
+
+struct Config {
+  std::string broker = "sqlite://./ferry-data/bench.db";
+  std::uint64_t messages = 100'000;
+  std::size_t size = 100;
+  int producers = 8;
+  int consumers = 1;
+  int window = 1000;         // publishes in flight per producer
+  int batch = 1;             // messages per publish call
+  double rate = 0;           // total messages/s to offer; 0 = as fast as possible
+  std::string topic;         // empty: a fresh topic per run
+  double timeout_s = 300;    // give up waiting for consumers after this long
+  void validate() const;     // throws ferry::Error(invalid_argument)
+};
+
+struct Result {
+  std::uint64_t published = 0;
+  std::uint64_t publish_errors = 0;
+  std::uint64_t consumed = 0;
+  double publish_seconds = 0;
+  double consume_seconds = 0;
+  double publish_msgs_per_s = 0;
+  double publish_mb_per_s = 0;
+  double consume_msgs_per_s = 0;
+  double p50_ms = 0, p99_ms = 0, p999_ms = 0, max_ms = 0;
+  std::string first_error;
+};
+
+Result run(const Config& config);
+void print_text(std::ostream& out, const Config& config, const Result& result);
+void print_json(std::ostream& out, const Config& config, const Result& result);
+
+}  // namespace ferry::bench

@@ -1,0 +1,13 @@
+#include "backends.hpp"
+
+#include "ferry/backends/memory.hpp"
+#include "ferry/backends/sqlite.hpp"
+
+namespace ferry::cli {
+
+void register_backends() {
+  memory::register_scheme();
+  sqlite::register_scheme();
+}
+
+}  // namespace ferry::cli
