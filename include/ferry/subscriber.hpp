@@ -18,15 +18,15 @@
 namespace ferry {
 
 struct SubscribeOptions {
-  std::string topic;
-  std::string group;
+  std::string topic{};
+  std::string group{};
   // Deliveries fetched ahead of receive() and not yet settled, at most.
   int prefetch = 64;
   // How long a delivery may stay unsettled before the broker gives it to another
   // consumer (a lease, or NSQ's msg_timeout).
   std::chrono::milliseconds ack_timeout{30'000};
   // Where reject() moves messages; empty means "<topic>.<group>.dlq".
-  std::string dead_letter_topic;
+  std::string dead_letter_topic{};
   // A throwaway group (for tools like `ferry tail`): it receives only messages published
   // after it was created, and it is deleted, with what it has not consumed, when its
   // subscriber closes. NSQ maps it to a "#ephemeral" channel.

@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
   broker_option(publish, publish_args.broker);
   publish->add_option("-t,--topic", publish_args.topic, "topic to publish to")->required();
   publish->add_option("-k,--key", publish_args.key, "message key (ordering and partitioning)");
-  publish->add_option("-H,--header", publish_args.headers, "header name=value (repeatable)");
+  publish->add_option("-H,--header", publish_args.headers, "header name=value (repeatable)")->allow_extra_args(false);
   publish->add_option("messages", publish_args.messages, "payloads; none: read one per line from standard input");
   publish->callback([&] { action = [&] { return ferry::cli::run_publish(publish_args); }; });
 

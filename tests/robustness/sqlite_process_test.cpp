@@ -119,18 +119,18 @@ std::set<std::string> drain(ferry::Broker& broker, const std::string& topic, con
   return ids;
 }
 
-struct Run {
+struct CommandResult {
   int code = -1;
   std::string out;
   std::string err;
 };
 
-Run run_ferry(const std::string& args) {
+CommandResult run_ferry(const std::string& args) {
   TempDir tmp;
   std::string cmd = std::string(FERRY_BINARY) + " " + args + " >" + (tmp.path() / "out").string() + " 2>" +
                     (tmp.path() / "err").string();
   int status = std::system(cmd.c_str());
-  Run r;
+  CommandResult r;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   auto slurp = [](const fs::path& p) {
     std::ifstream in(p);
@@ -311,7 +311,7 @@ TEST_F(SqliteProcessTest, ForeignFilesAndBadUrlsFailWithOneLineAndChangeNothing)
     out << "these are not ferry's messages\n";
   }
   std::string before = file_bytes(text_file);
-  Run r = run_ferry("stats --broker sqlite://" + text_file.string());
+  CommandResult r = run_ferry("stats --broker sqlite://" + text_file.string());
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("is not a ferry database"), std::string::npos) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
@@ -367,14 +367,14 @@ TEST_F(SqliteProcessTest, CommandLineToolsRoundTrip) {
     EXPECT_EQ(d->message().headers.at("a"), "b");
     d->reject("cannot handle one");
   }
-  Run stats = run_ferry("stats --json " + broker);
+  CommandResult stats = run_ferry("stats --json " + broker);
   ASSERT_EQ(stats.code, 0) << stats.err;
   EXPECT_NE(stats.out.find("\"orders.g.dlq\""), std::string::npos) << stats.out;
-  Run list = run_ferry("dlq list " + broker + " --topic orders.g.dlq");
+  CommandResult list = run_ferry("dlq list " + broker + " --topic orders.g.dlq");
   ASSERT_EQ(list.code, 0) << list.err;
   EXPECT_NE(list.out.find("cannot handle one"), std::string::npos) << list.out;
   EXPECT_NE(list.out.find("from orders after 1 attempt"), std::string::npos) << list.out;
-  Run replay = run_ferry("dlq replay " + broker + " --topic orders.g.dlq");
+  CommandResult replay = run_ferry("dlq replay " + broker + " --topic orders.g.dlq");
   ASSERT_EQ(replay.code, 0) << replay.err;
   EXPECT_NE(replay.err.find("replayed 1 message"), std::string::npos) << replay.err;
   {
@@ -389,9 +389,9 @@ TEST_F(SqliteProcessTest, CommandLineToolsRoundTrip) {
     EXPECT_EQ(payloads, (std::multiset<std::string>{"one", "two"}));
   }
   ASSERT_EQ(run_ferry("publish " + broker + " --topic orders.g.dlq poison").code, 0);
-  Run purge = run_ferry("dlq purge " + broker + " --topic orders.g.dlq");
+  CommandResult purge = run_ferry("dlq purge " + broker + " --topic orders.g.dlq");
   ASSERT_EQ(purge.code, 0) << purge.err;
-  Run after = run_ferry("dlq list " + broker + " --topic orders.g.dlq");
+  CommandResult after = run_ferry("dlq list " + broker + " --topic orders.g.dlq");
   EXPECT_NE(after.err.find("0 dead letter(s)"), std::string::npos) << after.err;
 }
 

@@ -324,9 +324,9 @@ class Writer {
 
 // Checks that the file is empty or holds ferry's schema, before anything is written to it.
 void check_format(Db& db) {
-  Statement tables(db.get(), "SELECT name FROM sqlite_master WHERE type = 'table'");
   std::set<std::string> names;
   try {
+    Statement tables(db.get(), "SELECT name FROM sqlite_master WHERE type = 'table'");
     while (tables.step()) names.insert(tables.text(0));
   } catch (const Error& e) {
     throw Error(Errc::not_ferry_data, db.path() + " is not a ferry database (" + e.what() +
