@@ -12,7 +12,7 @@
 //   busy_timeout=5s       how long to wait for another process's write lock
 //   max_in_flight=100000  publishes queued and not yet committed, at most
 //   publish_timeout=5s    how long a publish may wait for room in that queue
-//   retention_interval=1s how often fully acked messages are deleted
+//   retention_interval=200ms how often fully acked messages are deleted
 //
 // Guarantees: a publish completes after the transaction holding it has committed;
 // concurrent publishes share transactions (group commit). Every group receives every

@@ -39,7 +39,7 @@ struct Options {
   Ms busy_timeout{5000};
   std::size_t max_in_flight = 100'000;
   Ms publish_timeout{5000};
-  Ms retention_interval{1000};
+  Ms retention_interval{200};
 
   static Options from_url(const Url& url) {
     Options o;
@@ -93,14 +93,17 @@ struct Op {
   std::function<void(const Status&)> done;
   std::size_t messages = 0;  // publishes counted against max_in_flight
   bool wakes_consumers = false;
+  bool durable = false;  // needs an fsync'd commit even without publishing messages
 };
 
 // Owns the database connection of the writer thread and its prepared statements.
 class Writer {
  public:
-  explicit Writer(Db db) : db_(std::move(db)) {
+  Writer(Db db, bool sync_full) : db_(std::move(db)), sync_full_(sync_full), durable_(sync_full) {
     insert_message_ = db_.prepare(
-        "INSERT INTO messages(topic, id, key, headers, payload, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+        "INSERT INTO messages(seq, topic, id, key, headers, payload, ts) VALUES (?7, ?1, ?2, ?3, ?4, ?5, ?6)");
+    select_last_seq_ = db_.prepare("SELECT last FROM sequence WHERE id = 1");
+    update_last_seq_ = db_.prepare("UPDATE sequence SET last = ?1 WHERE id = 1");
     select_topic_ = db_.prepare("SELECT id FROM topics WHERE name = ?1");
     insert_topic_ = db_.prepare("INSERT OR IGNORE INTO topics(name) VALUES (?1)");
     select_group_ = db_.prepare("SELECT id FROM groups WHERE topic = ?1 AND name = ?2");
@@ -157,8 +160,7 @@ class Writer {
   std::int64_t group_id(std::int64_t topic, const std::string& name, bool ephemeral) {
     std::int64_t start = 0;
     if (ephemeral) {
-      Statement top(db_.get(), "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0)");
-      if (top.step()) start = top.int64(0);
+      start = last_seq_;
     }
     insert_group_.bind(1, topic).bind(2, name).bind(3, start).run();
     select_group_.bind(1, topic).bind(2, name);
@@ -175,7 +177,9 @@ class Writer {
         .bind_blob(4, encode_headers(m.headers))
         .bind_blob(5, m.payload)
         .bind(6, to_unix_ms(m.timestamp))
+        .bind(7, ++last_seq_)
         .run();
+    seq_dirty_ = true;
   }
 
   std::optional<Message> load(std::int64_t seq) {
@@ -271,12 +275,28 @@ class Writer {
     std::vector<std::pair<std::int64_t, std::int64_t>> todo;
     while (floors.step()) todo.emplace_back(floors.int64(0), floors.int64(1));
     Statement drop = db_.prepare(
-        "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE topic = ?1 AND seq < ?2 LIMIT 50000)");
+        "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE topic = ?1 AND seq < ?2 LIMIT 20000)");
     for (auto [topic, floor] : todo) drop.bind(1, topic).bind(2, floor).run();
   }
 
-  void begin() { begin_.run(); }
-  void commit() { commit_.run(); }
+  // Starts a write transaction; `durable` commits fsync (publishes under sync=full),
+  // others (claims and settlements, which only cost a redelivery if lost) do not.
+  void begin(bool durable) {
+    durable = durable && sync_full_;
+    if (durable != durable_) {
+      db_.exec(durable ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
+      durable_ = durable;
+    }
+    begin_.run();
+    if (!select_last_seq_.step()) throw Error(Errc::not_ferry_data, db_.path() + " lacks ferry's sequence row");
+    last_seq_ = select_last_seq_.int64(0);
+    select_last_seq_.reset();
+    seq_dirty_ = false;
+  }
+  void commit() {
+    if (seq_dirty_) update_last_seq_.bind(1, last_seq_).run();
+    commit_.run();
+  }
   void rollback() noexcept {
     sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
     topic_ids_.clear();
@@ -317,7 +337,11 @@ class Writer {
 
   Db db_;
   std::unordered_map<std::string, std::int64_t> topic_ids_;
-  Statement insert_message_, select_topic_, insert_topic_, select_group_, insert_group_, select_ready_, select_cursor_,
+  std::int64_t last_seq_ = 0;  // message sequence numbers only grow, even past deletions
+  bool seq_dirty_ = false;
+  bool sync_full_;
+  bool durable_;
+  Statement select_last_seq_, update_last_seq_, insert_message_, select_topic_, insert_topic_, select_group_, insert_group_, select_ready_, select_cursor_,
       materialize_, max_pending_, update_cursor_, lease_, select_message_, delete_pending_, next_visible_, ack_, nack_,
       owned_, savepoint_, release_savepoint_, rollback_savepoint_, begin_, commit_;
 };
@@ -358,7 +382,7 @@ void create_schema(Db& db) {
       INSERT OR IGNORE INTO ferry_meta(name, value) VALUES ('format', 'ferry-sqlite'), ('version', '1');
       CREATE TABLE IF NOT EXISTS topics(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
       CREATE TABLE IF NOT EXISTS messages(
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER PRIMARY KEY,
         topic INTEGER NOT NULL,
         id TEXT NOT NULL,
         key TEXT,
@@ -366,6 +390,8 @@ void create_schema(Db& db) {
         payload BLOB NOT NULL,
         ts INTEGER NOT NULL);
       CREATE INDEX IF NOT EXISTS messages_by_topic ON messages(topic, seq);
+      CREATE TABLE IF NOT EXISTS sequence(id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL);
+      INSERT OR IGNORE INTO sequence(id, last) VALUES (1, 0);
       CREATE TABLE IF NOT EXISTS groups(
         id INTEGER PRIMARY KEY,
         topic INTEGER NOT NULL,
@@ -391,6 +417,9 @@ void create_schema(Db& db) {
 }
 
 Db open_database(const Options& options) {
+  // Allocation statistics cost a global mutex on every SQLite allocation; ferry reads none.
+  static std::once_flag configured;
+  std::call_once(configured, [] { sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); });
   std::filesystem::path path(options.path);
   if (path.has_parent_path()) {
     std::error_code ec;
@@ -404,6 +433,9 @@ Db open_database(const Options& options) {
   check_format(db);
   db.exec("PRAGMA journal_mode = WAL");
   db.exec(options.sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
+  db.exec("PRAGMA cache_size = -16384");
+  // Checkpoints run on the watcher thread, off the commit path (see run_watcher).
+  db.exec("PRAGMA wal_autocheckpoint = 0");
   create_schema(db);
   check_format(db);
   return db;
@@ -418,7 +450,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   explicit Engine(Options options) : options_(std::move(options)) {}
 
   void start(Db db) {
-    writer_ = std::make_unique<Writer>(std::move(db));
+    writer_ = std::make_unique<Writer>(std::move(db), options_.sync_full);
     watch_db_ = std::make_unique<Db>(options_.path, false);
     wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     writer_thread_ = std::thread([this] { run_writer(); });
@@ -602,8 +634,9 @@ void Engine::execute(std::vector<Op>& batch) {
   Status commit;
   bool wake = false;
   std::size_t published = 0;
+  bool durable = std::any_of(batch.begin(), batch.end(), [](const Op& op) { return op.messages > 0 || op.durable; });
   try {
-    writer_->begin();
+    writer_->begin(durable);
     for (std::size_t i = 0; i < batch.size(); ++i) {
       try {
         writer_->savepoint();
@@ -660,7 +693,8 @@ void Engine::execute(std::vector<Op>& batch) {
 }
 
 // Wakes consumers when another process commits: inotify reports writes to the WAL file,
-// and PRAGMA data_version tells whether they came from another connection.
+// and PRAGMA data_version tells whether they came from another connection. Also moves
+// the WAL's pages into the database (checkpoints), so that commits never wait for it.
 void Engine::run_watcher() {
   int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   std::filesystem::path path = std::filesystem::absolute(options_.path);
@@ -677,10 +711,18 @@ void Engine::run_watcher() {
     return v;
   };
   std::int64_t last = read_version();
+  auto next_checkpoint = SteadyClock::now();
+  auto checkpoint = [&] {
+    if (SteadyClock::now() < next_checkpoint) return;
+    next_checkpoint = SteadyClock::now() + Ms{100};
+    // PASSIVE copies what it can without blocking writers; errors only delay it.
+    sqlite3_wal_checkpoint_v2(watch_db_->get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+  };
   alignas(inotify_event) char buffer[4096];
   while (true) {
     pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {fd, POLLIN, 0}};
-    int n = poll(fds, fd >= 0 ? 2 : 1, 1000);
+    int n = poll(fds, fd >= 0 ? 2 : 1, 100);
+    checkpoint();
     if (n > 0 && (fds[0].revents & POLLIN)) break;
     bool relevant = n == 0;  // a slow periodic look as well, for file systems without inotify
     if (n > 0 && (fds[1].revents & POLLIN)) {
@@ -698,6 +740,8 @@ void Engine::run_watcher() {
     if (now != last) {
       last = now;
       wake_consumers();
+      // One wake-up per few milliseconds is prompt enough and spares a write-heavy peer.
+      std::this_thread::sleep_for(Ms{2});
     }
   }
   if (fd >= 0) close(fd);
