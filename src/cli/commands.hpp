@@ -13,6 +13,7 @@ struct ServeArgs {
   std::string listen = "127.0.0.1:8080";
   int threads = 0;  // 0: one per core
   bool no_processor = false;
+  int concurrency = 4;  // processor workers per broker
   std::string store = "./ferry-data/orders.db";
   double shutdown_timeout_s = 10;
   std::string metrics_listen;

@@ -1,0 +1,324 @@
+#include "service.hpp"
+
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include <csignal>
+#include <cstdlib>
+#include <future>
+#include <memory>
+#include <set>
+#include <thread>
+
+#include "ferry/broker.hpp"
+#include "http_server.hpp"
+#include "order_api.hpp"
+#include "order_store.hpp"
+#include "processor.hpp"
+
+namespace ferry::app {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+
+bool valid_broker_name(std::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (char c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') return false;
+  return true;
+}
+
+// Waits for SIGINT or SIGTERM on a thread of its own. The first signal completes wait();
+// a second one ends the process at once.
+class SignalWaiter {
+ public:
+  SignalWaiter() : signals_(ioc_, SIGINT, SIGTERM) {
+    signals_.async_wait([this](const boost::system::error_code& ec, int signal) {
+      if (ec) return;
+      first_.set_value(signal);
+      signals_.async_wait([](const boost::system::error_code& ec2, int signal2) {
+        if (ec2) return;
+        spdlog::error("received signal {} again during shutdown: exiting now", signal2);
+        spdlog::default_logger()->flush();
+        std::_Exit(1);
+      });
+    });
+    thread_ = std::thread([this] { ioc_.run(); });
+  }
+
+  ~SignalWaiter() {
+    ioc_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  int wait() { return first_.get_future().get(); }
+
+ private:
+  boost::asio::io_context ioc_;
+  boost::asio::signal_set signals_;
+  std::promise<int> first_;
+  std::thread thread_;
+};
+
+// Ends the process if shutdown overruns its bound by more than a second.
+void arm_watchdog(SteadyClock::time_point deadline) {
+  std::thread([deadline] {
+    std::this_thread::sleep_until(deadline + std::chrono::seconds{1});
+    spdlog::error("shutdown did not finish within its timeout; exiting now");
+    spdlog::default_logger()->flush();
+    std::_Exit(1);
+  }).detach();
+}
+
+std::vector<NamedBroker> open_brokers(const std::vector<BrokerSpec>& specs) {
+  std::vector<NamedBroker> out;
+  for (const auto& spec : specs) out.push_back({spec.name, Broker::open(spec.url)});
+  return out;
+}
+
+std::string describe_brokers(const std::vector<NamedBroker>& brokers) {
+  std::string out;
+  for (const auto& b : brokers) out += (out.empty() ? "" : ", ") + b.name + "=" + b.broker->url().masked();
+  return out;
+}
+
+void validate_timeout(std::chrono::milliseconds t) {
+  if (t.count() <= 0 || t > std::chrono::hours{1})
+    throw Error(Errc::invalid_argument, "--shutdown-timeout must be between 1 ms and 1 hour");
+}
+
+struct ProcessorTotals {
+  std::uint64_t processed = 0, duplicates = 0, rejected = 0, failed = 0, in_flight = 0;
+};
+
+std::vector<std::unique_ptr<OrderProcessor>> start_processors(const std::vector<NamedBroker>& brokers,
+                                                              OrderStore& store, int concurrency,
+                                                              const std::string& role) {
+  std::vector<std::unique_ptr<OrderProcessor>> out;
+  for (const auto& b : brokers) {
+    ProcessorOptions options;
+    options.concurrency = concurrency;
+    options.name = role + ":" + std::to_string(::getpid()) + ":" + b.name;
+    auto p = std::make_unique<OrderProcessor>(b.broker, store, options);
+    p->start();
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+ProcessorTotals stop_processors(std::vector<std::unique_ptr<OrderProcessor>>& processors) {
+  ProcessorTotals t;
+  for (auto& p : processors) {
+    t.in_flight += p->stop();
+    const auto& c = p->counters();
+    t.processed += c.processed.load();
+    t.duplicates += c.duplicates.load();
+    t.rejected += c.rejected.load();
+    t.failed += c.failed.load();
+  }
+  return t;
+}
+
+void add_processor_metrics(OrderApi& api, const std::vector<std::unique_ptr<OrderProcessor>>& processors) {
+  api.add_metrics([&processors](std::string& out) {
+    std::uint64_t processed = 0, duplicates = 0, rejected = 0, failed = 0;
+    for (const auto& p : processors) {
+      processed += p->counters().processed.load();
+      duplicates += p->counters().duplicates.load();
+      rejected += p->counters().rejected.load();
+      failed += p->counters().failed.load();
+    }
+    auto counter = [&](const char* name, const char* help, std::uint64_t v) {
+      out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" + name + " " +
+             std::to_string(v) + "\n";
+    };
+    counter("ferry_processor_processed_total", "Orders this process marked processed.", processed);
+    counter("ferry_processor_duplicates_total", "Deliveries of orders already processed, acked.", duplicates);
+    counter("ferry_processor_rejected_total", "Undecodable events moved to the dead-letter topic.", rejected);
+    counter("ferry_processor_failed_total", "Deliveries nacked after a store failure.", failed);
+  });
+}
+
+void close_brokers(std::vector<NamedBroker>& brokers) {
+  for (auto& b : brokers) {
+    try {
+      b.broker->close();
+    } catch (const std::exception& e) {
+      spdlog::error("closing broker {} ({}) failed: {}", b.name, b.broker->url().masked(), e.what());
+    }
+  }
+}
+
+}  // namespace
+
+ListenAddress parse_listen(std::string_view text) {
+  auto bad = [&](const std::string& why) {
+    return Error(Errc::invalid_argument,
+                 "--listen '" + std::string(text) + "' " + why + "; use HOST:PORT, [IPv6]:PORT or :PORT");
+  };
+  auto colon = text.rfind(':');
+  if (colon == std::string_view::npos) throw bad("has no port");
+  std::string_view host = text.substr(0, colon);
+  std::string_view port = text.substr(colon + 1);
+  if (port.empty() || port.size() > 5) throw bad("has no valid port");
+  unsigned value = 0;
+  for (char c : port) {
+    if (c < '0' || c > '9') throw bad("has a port that is not a number");
+    value = value * 10 + static_cast<unsigned>(c - '0');
+  }
+  if (value > 65535) throw bad("has a port above 65535");
+  ListenAddress out;
+  out.port = static_cast<std::uint16_t>(value);
+  if (host.empty()) {
+    out.host = "0.0.0.0";
+  } else if (host.front() == '[') {
+    if (host.size() < 3 || host.back() != ']') throw bad("has an unclosed [IPv6] address");
+    out.host = std::string(host.substr(1, host.size() - 2));
+  } else {
+    if (host.find(':') != std::string_view::npos) throw bad("has an IPv6 address without [brackets]");
+    out.host = std::string(host);
+  }
+  return out;
+}
+
+std::vector<BrokerSpec> parse_broker_specs(const std::vector<std::string>& items) {
+  if (items.empty()) throw Error(Errc::invalid_argument, "no --broker given");
+  std::vector<BrokerSpec> out;
+  std::set<std::string> names;
+  for (const auto& item : items) {
+    BrokerSpec spec;
+    auto scheme_end = item.find("://");
+    auto eq = item.find('=');
+    if (eq != std::string::npos && (scheme_end == std::string::npos || eq < scheme_end)) {
+      spec.name = item.substr(0, eq);
+      spec.url = item.substr(eq + 1);
+      if (!valid_broker_name(spec.name))
+        throw Error(Errc::invalid_argument, "--broker name '" + spec.name +
+                                                "' must be 1 to 64 characters from A-Z a-z 0-9 . _ - (as in name=URL)");
+    } else {
+      spec.url = item;
+      spec.name = scheme_end == std::string::npos ? item : item.substr(0, scheme_end);
+      if (!valid_broker_name(spec.name))
+        throw Error(Errc::bad_url, "--broker '" + mask_url(item) + "' is not a broker URL such as sqlite://PATH");
+    }
+    if (!names.insert(spec.name).second)
+      throw Error(Errc::invalid_argument, "two brokers are named '" + spec.name +
+                                              "'; name each one with --broker NAME=URL");
+    out.push_back(std::move(spec));
+  }
+  return out;
+}
+
+int run_serve(const ServeConfig& config) {
+  // Everything that can be checked without opening anything is checked first.
+  auto specs = parse_broker_specs(config.brokers);
+  auto listen = parse_listen(config.listen);
+  if (config.threads < 0 || config.threads > 256)
+    throw Error(Errc::invalid_argument, "--threads must be between 0 (one per core) and 256");
+  if (config.concurrency < 1 || config.concurrency > 1024)
+    throw Error(Errc::invalid_argument, "--concurrency must be between 1 and 1024");
+  validate_timeout(config.shutdown_timeout);
+  for (const auto& spec : specs) Url::parse(spec.url);
+  OrderStoreOptions store_options;
+  store_options.path = config.store;
+  store_options.validate();
+  int threads = config.threads > 0 ? config.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+
+  SignalWaiter signals;
+  auto brokers = open_brokers(specs);
+  OrderStore store(store_options);
+  std::vector<std::unique_ptr<OrderProcessor>> processors;
+  if (config.processor) processors = start_processors(brokers, store, config.concurrency, "serve");
+
+  OrderApi api(brokers, store);
+  HttpServerOptions http_options;
+  http_options.host = listen.host;
+  http_options.port = listen.port;
+  http_options.threads = threads;
+  http_options.handler_timeout = config.request_timeout;
+  HttpServer server(http_options, [&api](HttpRequest&& request, Responder respond) {
+    api.handle(std::move(request), std::move(respond));
+  });
+  api.add_metrics([&server](std::string& out) {
+    out += "# HELP ferry_http_requests_total HTTP requests answered, by method and status code.\n"
+           "# TYPE ferry_http_requests_total counter\n";
+    for (const auto& c : server.counts())
+      out += "ferry_http_requests_total{method=\"" + c.method + "\",code=\"" + std::to_string(c.status) + "\"} " +
+             std::to_string(c.count) + "\n";
+  });
+  add_processor_metrics(api, processors);
+  server.start();
+  spdlog::info("ferry {} serve: listening on {}; brokers {} (default {}); store {}; processor {}; {} http thread(s)",
+               config.version, server.local_address(), describe_brokers(brokers), brokers.front().name, store.path(),
+               config.processor ? std::to_string(config.concurrency) + " worker(s) per broker" : std::string("off"),
+               threads);
+
+  int signal = signals.wait();
+  auto started = SteadyClock::now();
+  auto deadline = started + config.shutdown_timeout;
+  arm_watchdog(deadline);
+  spdlog::info("received signal {}: shutting down (at most {} ms)", signal, config.shutdown_timeout.count());
+
+  server.stop_accepting();
+  std::uint64_t requests = server.requests_in_flight();
+  std::uint64_t publishes = api.counters().publishing.load();
+  bool drained = server.wait_idle(deadline);
+  drained = api.wait_publishes(deadline) && drained;
+  if (!drained)
+    spdlog::warn("shutdown: {} connection(s) and {} publish(es) still open at the deadline", server.connections(),
+                 api.counters().publishing.load());
+  auto totals = stop_processors(processors);
+  api.stop();
+  close_brokers(brokers);
+  store.close();
+  server.stop();
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - started).count();
+  const auto& c = api.counters();
+  spdlog::info("shutdown: drained {} request(s) and {} publish(es) in flight, {} processor delivery(ies) in flight; "
+               "served: accepted {}, replayed {}, invalid {}, conflicts {}, unavailable {}; "
+               "processor: processed {}, duplicates {}, rejected {}, failed {}; done in {} ms",
+               requests, publishes, totals.in_flight, c.accepted.load(), c.replayed.load(), c.invalid.load(),
+               c.conflicts.load(), c.unavailable.load(), totals.processed, totals.duplicates, totals.rejected,
+               totals.failed, ms);
+  spdlog::default_logger()->flush();
+  return drained ? 0 : 1;
+}
+
+int run_consume(const ConsumeConfig& config) {
+  auto specs = parse_broker_specs(config.brokers);
+  if (config.concurrency < 1 || config.concurrency > 1024)
+    throw Error(Errc::invalid_argument, "--concurrency must be between 1 and 1024");
+  validate_timeout(config.shutdown_timeout);
+  for (const auto& spec : specs) Url::parse(spec.url);
+  OrderStoreOptions store_options;
+  store_options.path = config.store;
+  store_options.validate();
+
+  SignalWaiter signals;
+  auto brokers = open_brokers(specs);
+  OrderStore store(store_options);
+  auto processors = start_processors(brokers, store, config.concurrency, "consume");
+  spdlog::info("ferry {} consume: processing topic orders as group order-processor from {}; store {}; "
+               "{} worker(s) per broker",
+               config.version, describe_brokers(brokers), store.path(), config.concurrency);
+
+  int signal = signals.wait();
+  auto started = SteadyClock::now();
+  arm_watchdog(started + config.shutdown_timeout);
+  spdlog::info("received signal {}: shutting down (at most {} ms)", signal, config.shutdown_timeout.count());
+  auto totals = stop_processors(processors);
+  close_brokers(brokers);
+  store.close();
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - started).count();
+  spdlog::info("consume: processed {}, duplicates {}, rejected {}, failed {}; finished {} delivery(ies) in flight; "
+               "done in {} ms",
+               totals.processed, totals.duplicates, totals.rejected, totals.failed, totals.in_flight, ms);
+  spdlog::default_logger()->flush();
+  return 0;
+}
+
+}  // namespace ferry::app
