@@ -6,9 +6,21 @@
 // nothing persisted: the messages live as long as the Broker object. A publish
 // completes as soon as the message is stored in memory. All methods are thread-safe.
 //
+// Publishing: the completion callback runs on the calling thread before
+// publish_batch_async returns. An invalid topic name is a programming error and throws
+// Error(invalid_argument) at the call; after close() the callback gets Errc::closed.
+// Consuming: a group starts at the oldest retained message; a message every group has
+// acked or rejected is dropped (a topic with no group keeps everything). Nothing is
+// fetched ahead of receive(), so SubscribeOptions::prefetch has no effect. A dead letter
+// is a copy of the message (same id, key, payload and timestamp) with the headers
+// ferry-error, ferry-attempts, ferry-original-topic and ferry-original-group added.
+// Broker::admin() is always available.
+//
 //   memory://            a new, private broker
 //   memory://name        the broker registered under `name` in this process, shared by
-//                        every open() of the same URL while one of them is alive
+//                        every open() of the same URL while one of them is alive; each
+//                        open() returns its own handle (closing it closes only its own
+//                        publisher and subscribers)
 
 namespace ferry::memory {
 
