@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cmath>
 
 #include "ferry/error.hpp"
 
@@ -56,14 +57,26 @@ std::string mask_url(std::string_view text) {
   std::string out(text);
   auto scheme_end = out.find("://");
   std::size_t start = scheme_end == std::string::npos ? 0 : scheme_end + 3;
-  auto query_pos = out.find('?', start);
-  auto authority_end = std::min(out.find('/', start), query_pos);
-  auto at = out.rfind('@', authority_end == std::string::npos ? out.size() : authority_end);
-  if (at != std::string::npos && at >= start) {
-    auto colon = out.find(':', start);
-    if (colon != std::string::npos && colon < at) out.replace(colon + 1, at - colon - 1, "***");
+  // The userinfo ends at the last '@' before the query; the query begins where a '?' is
+  // followed by a '='. People type '/', '?' and '@' into passwords without escaping
+  // them, so the first '/' or '?' does not end the userinfo here: masking a little too
+  // much beats printing part of a password.
+  std::size_t at = std::string::npos;
+  bool seen_question = false;
+  for (std::size_t i = start; i < out.size(); ++i) {
+    char c = out[i];
+    if (c == '?') seen_question = true;
+    else if (c == '=' && seen_question) break;
+    else if (c == '@') at = i;
   }
-  query_pos = out.find('?', start);
+  if (at != std::string::npos) {
+    auto colon = out.find(':', start);
+    if (colon < at) {
+      out.replace(colon + 1, at - colon - 1, "***");
+      at = colon + 4;
+    }
+  }
+  auto query_pos = out.find('?', at == std::string::npos ? start : at);
   if (query_pos == std::string::npos) return out;
   std::string result = out.substr(0, query_pos + 1);
   std::string_view query = std::string_view(out).substr(query_pos + 1);
@@ -123,6 +136,7 @@ Url Url::parse(std::string_view text) {
   }
   while (!authority.empty()) {
     auto comma = authority.find(',');
+    if (comma != std::string_view::npos && comma + 1 == authority.size()) fail(text, "empty host in the host list");
     std::string_view item = authority.substr(0, comma);
     authority = comma == std::string_view::npos ? std::string_view{} : authority.substr(comma + 1);
     if (item.empty()) fail(text, "empty host in the host list");
@@ -146,8 +160,12 @@ Url Url::parse(std::string_view text) {
     if (!port.empty() || (item.back() == ':')) {
       int p = 0;
       auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
-      if (ec != std::errc{} || ptr != port.data() + port.size() || p < 1 || p > 65535)
+      if (ec != std::errc{} || ptr != port.data() + port.size() || p < 1 || p > 65535) {
+        // What looks like a port may be the start of a password with an unescaped '/'.
+        if (mask_url(text) != text)
+          fail(text, "a port is not a number from 1 to 65535 (in a password, write '/' as %2F, '?' as %3F, '@' as %40)");
         fail(text, "port '" + std::string(port) + "' is not a number from 1 to 65535");
+      }
       hp.port = p;
     }
     url.hosts_.push_back(std::move(hp));
@@ -185,7 +203,7 @@ std::chrono::milliseconds parse_duration(std::string_view text, std::string_view
   const char* begin = text.data();
   const char* end = text.data() + text.size();
   auto [ptr, ec] = std::from_chars(begin, end, value);
-  if (ec != std::errc{} || value < 0) throw bad();
+  if (ec != std::errc{} || !std::isfinite(value) || value < 0) throw bad();
   std::string_view unit(ptr, static_cast<std::size_t>(end - ptr));
   double ms = 0;
   if (unit.empty() || unit == "ms") ms = value;
@@ -193,6 +211,9 @@ std::chrono::milliseconds parse_duration(std::string_view text, std::string_view
   else if (unit == "m") ms = value * 60'000;
   else if (unit == "h") ms = value * 3'600'000;
   else throw bad();
+  // Ten years: longer is a typo, and would overflow a time point once added to now().
+  if (ms > 315'360'000'000.0)
+    throw Error(Errc::invalid_argument, std::string(what) + " '" + std::string(text) + "' is too long; at most 10 years");
   return std::chrono::milliseconds{static_cast<long long>(ms)};
 }
 
