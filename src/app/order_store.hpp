@@ -39,7 +39,7 @@ struct OrderStoreOptions {
   std::chrono::milliseconds busy_timeout{10'000};
   // Full: fsync at every commit (processed marks survive a power cut). Normal: survive a
   // process crash only.
-  bool sync_full = true;
+  bool sync_full = false;
   // Operations written in one transaction, at most.
   std::size_t max_batch = 4096;
 

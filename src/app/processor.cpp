@@ -21,6 +21,8 @@ std::chrono::milliseconds backoff_for(int attempt, const ProcessorOptions& optio
 void ProcessorOptions::validate() const {
   if (!valid_name(topic)) throw Error(Errc::invalid_argument, "processor topic '" + topic + "' is not a valid name");
   if (!valid_name(group)) throw Error(Errc::invalid_argument, "processor group '" + group + "' is not a valid name");
+  if (ack_timeout.count() < 100 || ack_timeout > std::chrono::hours{24})
+    throw Error(Errc::invalid_argument, "--ack-timeout must be between 0.1 seconds and 24 hours");
   if (concurrency < 1 || concurrency > 1024)
     throw Error(Errc::invalid_argument,
                 "--concurrency " + std::to_string(concurrency) + " must be between 1 and 1024");
@@ -70,6 +72,7 @@ void OrderProcessor::start() {
   so.topic = options_.topic;
   so.group = options_.group;
   so.prefetch = std::max(2, options_.concurrency * 2);
+  so.ack_timeout = options_.ack_timeout;
   subscriber_ = broker_->subscribe(so);
   stopping_ = false;
   for (int i = 0; i < options_.concurrency; ++i) workers_.emplace_back([this] { work(); });

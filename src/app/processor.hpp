@@ -33,6 +33,9 @@ struct ProcessorOptions {
   int concurrency = 4;
   // Recorded with each processed message, to tell processes apart in the store.
   std::string name = "processor";
+  // How long a delivery stays leased to this process; after a crash, its unsettled
+  // deliveries go to another consumer once this passes.
+  std::chrono::milliseconds ack_timeout{30'000};
   std::chrono::milliseconds first_backoff{1000};
   std::chrono::milliseconds max_backoff{30'000};
 

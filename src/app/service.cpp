@@ -91,17 +91,26 @@ void validate_timeout(std::chrono::milliseconds t) {
     throw Error(Errc::invalid_argument, "--shutdown-timeout must be between 1 ms and 1 hour");
 }
 
+void validate_processor(int concurrency, std::chrono::milliseconds ack_timeout) {
+  ProcessorOptions options;
+  options.concurrency = concurrency;
+  options.ack_timeout = ack_timeout;
+  options.validate();
+}
+
 struct ProcessorTotals {
   std::uint64_t processed = 0, duplicates = 0, rejected = 0, failed = 0, in_flight = 0;
 };
 
 std::vector<std::unique_ptr<OrderProcessor>> start_processors(const std::vector<NamedBroker>& brokers,
                                                               OrderStore& store, int concurrency,
+                                                              std::chrono::milliseconds ack_timeout,
                                                               const std::string& role) {
   std::vector<std::unique_ptr<OrderProcessor>> out;
   for (const auto& b : brokers) {
     ProcessorOptions options;
     options.concurrency = concurrency;
+    options.ack_timeout = ack_timeout;
     options.name = role + ":" + std::to_string(::getpid()) + ":" + b.name;
     auto p = std::make_unique<OrderProcessor>(b.broker, store, options);
     p->start();
@@ -219,9 +228,8 @@ int run_serve(const ServeConfig& config) {
   auto listen = parse_listen(config.listen);
   if (config.threads < 0 || config.threads > 256)
     throw Error(Errc::invalid_argument, "--threads must be between 0 (one per core) and 256");
-  if (config.concurrency < 1 || config.concurrency > 1024)
-    throw Error(Errc::invalid_argument, "--concurrency must be between 1 and 1024");
   validate_timeout(config.shutdown_timeout);
+  validate_processor(config.concurrency, config.ack_timeout);
   for (const auto& spec : specs) Url::parse(spec.url);
   OrderStoreOptions store_options;
   store_options.path = config.store;
@@ -232,7 +240,7 @@ int run_serve(const ServeConfig& config) {
   auto brokers = open_brokers(specs);
   OrderStore store(store_options);
   std::vector<std::unique_ptr<OrderProcessor>> processors;
-  if (config.processor) processors = start_processors(brokers, store, config.concurrency, "serve");
+  if (config.processor) processors = start_processors(brokers, store, config.concurrency, config.ack_timeout, "serve");
 
   OrderApi api(brokers, store);
   HttpServerOptions http_options;
@@ -290,9 +298,8 @@ int run_serve(const ServeConfig& config) {
 
 int run_consume(const ConsumeConfig& config) {
   auto specs = parse_broker_specs(config.brokers);
-  if (config.concurrency < 1 || config.concurrency > 1024)
-    throw Error(Errc::invalid_argument, "--concurrency must be between 1 and 1024");
   validate_timeout(config.shutdown_timeout);
+  validate_processor(config.concurrency, config.ack_timeout);
   for (const auto& spec : specs) Url::parse(spec.url);
   OrderStoreOptions store_options;
   store_options.path = config.store;
@@ -301,7 +308,7 @@ int run_consume(const ConsumeConfig& config) {
   SignalWaiter signals;
   auto brokers = open_brokers(specs);
   OrderStore store(store_options);
-  auto processors = start_processors(brokers, store, config.concurrency, "consume");
+  auto processors = start_processors(brokers, store, config.concurrency, config.ack_timeout, "consume");
   spdlog::info("ferry {} consume: processing topic orders as group order-processor from {}; store {}; "
                "{} worker(s) per broker",
                config.version, describe_brokers(brokers), store.path(), config.concurrency);

@@ -30,6 +30,7 @@ struct ServeConfig {
   int threads = 0;  // 0: one per core
   bool processor = true;
   int concurrency = 4;
+  std::chrono::milliseconds ack_timeout{30'000};
   std::string store = "./ferry-data/orders.db";
   std::chrono::milliseconds shutdown_timeout{10'000};
   std::chrono::milliseconds request_timeout{8'000};
@@ -40,6 +41,7 @@ struct ConsumeConfig {
   std::vector<std::string> brokers;
   std::string store = "./ferry-data/orders.db";
   int concurrency = 4;
+  std::chrono::milliseconds ack_timeout{30'000};
   std::chrono::milliseconds shutdown_timeout{10'000};
 };
 

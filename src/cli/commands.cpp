@@ -9,10 +9,18 @@
 namespace ferry::cli {
 namespace {
 
-std::chrono::milliseconds to_timeout(double seconds) {
-  if (!std::isfinite(seconds) || seconds <= 0 || seconds > 3600)
-    throw Error(Errc::invalid_argument, "--shutdown-timeout must be between 0 and 3600 seconds");
+std::chrono::milliseconds to_ms(double seconds, const char* flag) {
+  if (!std::isfinite(seconds) || seconds <= 0 || seconds > 86400)
+    throw Error(Errc::invalid_argument, std::string(flag) + " must be a positive number of seconds");
   return std::chrono::milliseconds{static_cast<long long>(std::llround(seconds * 1000))};
+}
+
+void add_processor_options(CLI::App& cmd, int& concurrency, double& ack_timeout_s) {
+  cmd.add_option("--concurrency", concurrency, "order processor workers per broker")->capture_default_str();
+  cmd.add_option("--ack-timeout", ack_timeout_s,
+                 "seconds an order event stays leased to this process; after a crash it is redelivered once this "
+                 "passes")
+      ->capture_default_str();
 }
 
 void add_broker_option(CLI::App& cmd, std::vector<std::string>& brokers, const std::string& default_broker) {
@@ -34,7 +42,7 @@ void add_serve_options(CLI::App& cmd, ServeArgs& args, const std::string& defaul
       ->capture_default_str();
   cmd.add_option("--threads", args.threads, "HTTP I/O threads (0: one per core)")->capture_default_str();
   cmd.add_flag("--no-processor", args.no_processor, "do not run the order processor in this process");
-  cmd.add_option("--concurrency", args.concurrency, "order processor workers per broker")->capture_default_str();
+  add_processor_options(cmd, args.concurrency, args.ack_timeout_s);
   cmd.add_option("--store", args.store, "the order store's SQLite file")->envname("FERRY_STORE")->capture_default_str();
   cmd.add_option("--shutdown-timeout", args.shutdown_timeout_s, "seconds to drain on SIGINT/SIGTERM")
       ->capture_default_str();
@@ -43,7 +51,7 @@ void add_serve_options(CLI::App& cmd, ServeArgs& args, const std::string& defaul
 void add_consume_options(CLI::App& cmd, ConsumeArgs& args, const std::string& default_broker) {
   add_broker_option(cmd, args.brokers, default_broker);
   cmd.add_option("--store", args.store, "the order store's SQLite file")->envname("FERRY_STORE")->capture_default_str();
-  cmd.add_option("--concurrency", args.concurrency, "order processor workers per broker")->capture_default_str();
+  add_processor_options(cmd, args.concurrency, args.ack_timeout_s);
   cmd.add_option("--shutdown-timeout", args.shutdown_timeout_s, "seconds to drain on SIGINT/SIGTERM")
       ->capture_default_str();
 }
@@ -56,8 +64,9 @@ int run_serve(const ServeArgs& args) {
   config.threads = args.threads;
   config.processor = !args.no_processor;
   config.concurrency = args.concurrency;
+  config.ack_timeout = to_ms(args.ack_timeout_s, "--ack-timeout");
   config.store = args.store;
-  config.shutdown_timeout = to_timeout(args.shutdown_timeout_s);
+  config.shutdown_timeout = to_ms(args.shutdown_timeout_s, "--shutdown-timeout");
   return app::run_serve(config);
 }
 
@@ -67,7 +76,8 @@ int run_consume(const ConsumeArgs& args) {
   config.brokers = args.brokers;
   config.store = args.store;
   config.concurrency = args.concurrency;
-  config.shutdown_timeout = to_timeout(args.shutdown_timeout_s);
+  config.ack_timeout = to_ms(args.ack_timeout_s, "--ack-timeout");
+  config.shutdown_timeout = to_ms(args.shutdown_timeout_s, "--shutdown-timeout");
   return app::run_consume(config);
 }
 

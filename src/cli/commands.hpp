@@ -14,6 +14,7 @@ struct ServeArgs {
   int threads = 0;  // 0: one per core
   bool no_processor = false;
   int concurrency = 4;  // processor workers per broker
+  double ack_timeout_s = 30;
   std::string store = "./ferry-data/orders.db";
   double shutdown_timeout_s = 10;
   std::string metrics_listen;
@@ -23,6 +24,7 @@ struct ConsumeArgs {
   std::vector<std::string> brokers;
   std::string store = "./ferry-data/orders.db";
   int concurrency = 4;
+  double ack_timeout_s = 30;
   double shutdown_timeout_s = 10;
   std::string metrics_listen;
 };
