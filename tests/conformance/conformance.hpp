@@ -29,6 +29,7 @@
 // whole suite K times over, e.g.
 //
 //   FERRY_STRESS=4 ./ferry_conformance_tests --gtest_repeat=3 --gtest_filter='memory/*'
+//   FERRY_STRESS=4 ctest -L conformance -j2        (ctest runs each case as its own test)
 //
 // Timing: every wait is bounded by BackendSpec::patience (scaled by the stress factor);
 // a passing case never waits for it, a failing one fails when it runs out. Cases that

@@ -35,7 +35,8 @@ using SteadyClock = std::chrono::steady_clock;
 using SteadyTime = SteadyClock::time_point;
 using std::chrono::milliseconds;
 
-// The longest wait receive() honours; longer timeouts are clamped so deadlines never overflow.
+// The longest wait, lease or delay honoured; longer ones are clamped so that time points
+// never overflow.
 constexpr milliseconds max_wait{std::chrono::hours{24 * 365}};
 
 enum class SlotState { waiting, ready, in_flight, delayed };
@@ -172,7 +173,7 @@ struct State {
     ++slot.attempts;
     slot.token = ++last_token;
     slot.owner = owner;
-    slot.due = SteadyClock::now() + ack_timeout;
+    slot.due = SteadyClock::now() + std::min(ack_timeout, max_wait);
     g.in_flight.emplace(slot.token, number);
     g.add_timer(slot.due, number);
     return slot.token;
