@@ -292,6 +292,8 @@ TEST_F(OrderService, TwoConsumeProcessesShareTheOrders) {
       for (int i; (i = next++) < kOrders;) {
         auto r = client.post_json("/orders", order_body("user-" + std::to_string(i)));
         if (r.status == 202) ids[i] = json_field(r.body, "order_id");
+        // A steady flow rather than one burst, so that both consumers are woken for it.
+        std::this_thread::sleep_for(10ms);
       }
     });
   }
