@@ -2,6 +2,10 @@
 # pkg-config file.
 include(CMakePackageConfigHelpers)
 
+set_target_properties(ferry_core PROPERTIES EXPORT_NAME core)
+set_target_properties(ferry_memory PROPERTIES EXPORT_NAME memory)
+set_target_properties(ferry_sqlite PROPERTIES EXPORT_NAME sqlite)
+
 install(DIRECTORY include/ferry DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(TARGETS ferry_core ferry_memory ferry_sqlite
         EXPORT ferryTargets
@@ -18,5 +22,7 @@ write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/ferryConfigVersion.
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/ferryConfig.cmake ${CMAKE_CURRENT_BINARY_DIR}/ferryConfigVersion.cmake
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/ferry)
 
+# The pkg-config file finds the installation relative to itself, so it works under any prefix.
+file(RELATIVE_PATH FERRY_PC_UP "/root/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/root")
 configure_file(${CMAKE_CURRENT_LIST_DIR}/ferry.pc.in ${CMAKE_CURRENT_BINARY_DIR}/ferry.pc @ONLY)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/ferry.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
