@@ -85,6 +85,17 @@ ParsedRequest parse_order_request(std::string_view body) {
   return {std::move(order), RequestProblem::none, {}};
 }
 
+std::string make_order_id() {
+  std::string id = make_uuid();  // xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx, random
+  auto ms = static_cast<std::uint64_t>(to_unix_ms(Clock::now())) & 0xFFFF'FFFF'FFFFULL;
+  static constexpr char digits[] = "0123456789abcdef";
+  // The 12 hex digits before the version nibble: 8, a dash, then 4.
+  constexpr int positions[12] = {0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12};
+  for (int i = 0; i < 12; ++i) id[positions[i]] = digits[(ms >> (44 - 4 * i)) & 0xf];
+  id[14] = '7';
+  return id;
+}
+
 OrderCreated make_order_created(std::string order_id, const OrderRequest& request) {
   OrderCreated event;
   event.order_id = std::move(order_id);

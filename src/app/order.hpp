@@ -55,6 +55,11 @@ struct OrderCreated {
   std::string created_at;  // RFC 3339 of timestamp_ms
 };
 
+// A new order id: a version 7 UUID (RFC 9562), whose first 48 bits are the Unix time in
+// milliseconds and the rest random (from ferry::make_uuid). Ids made later sort later, so
+// the store's tables, keyed by order id, grow at their end instead of at random pages.
+std::string make_order_id();
+
 // A new event for a validated request, stamped with the current time.
 OrderCreated make_order_created(std::string order_id, const OrderRequest& request);
 

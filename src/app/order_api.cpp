@@ -177,7 +177,7 @@ class OrderApi::Impl : public std::enable_shared_from_this<Impl> {
     pending->broker = &broker;
     pending->key = std::move(request.idempotency_key);
     pending->respond = std::move(respond);
-    std::string order_id = make_uuid();
+    std::string order_id = make_order_id();
     if (!pending->key) {
       pending->event = make_order_created(std::move(order_id), *parsed.order);
       return publish(std::move(pending));
