@@ -1,5 +1,6 @@
 #include "order_store.hpp"
 
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 
 #include <condition_variable>
@@ -208,8 +209,18 @@ class OrderStore::Impl {
     db.exec(options_.sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
     create_schema(db);
     check_format(db);
+    // Checkpoints run on a thread of their own so that commits never wait for one.
+    db.exec("PRAGMA wal_autocheckpoint = 0");
+    checkpoint_db_ = std::make_unique<sql::Connection>(options_.path, false, busy_ms());
     writer_ = std::make_unique<Writer>(std::move(db));
-    thread_ = std::thread([this] { run(); });
+    thread_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "order-store");
+      run();
+    });
+    checkpointer_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "order-ckpt");
+      run_checkpoints();
+    });
   }
 
   ~Impl() { close(); }
@@ -276,6 +287,9 @@ class OrderStore::Impl {
     }
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
+    checkpoint_cv_.notify_all();
+    if (checkpointer_.joinable()) checkpointer_.join();
+    checkpoint_db_.reset();
     std::lock_guard lock(readers_mutex_);
     readers_.clear();
   }
@@ -314,6 +328,20 @@ class OrderStore::Impl {
       }
       execute(batch);
       batch.clear();
+    }
+  }
+
+  // Copies committed WAL frames into the database file every 200 ms (PASSIVE: never
+  // waits for, or blocks, a writer or reader of any process).
+  void run_checkpoints() {
+    std::unique_lock lock(mutex_);
+    while (!closed_) {
+      checkpoint_cv_.wait_for(lock, std::chrono::milliseconds{200});
+      lock.unlock();
+      int rc = sqlite3_wal_checkpoint_v2(checkpoint_db_->get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+      if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED)
+        spdlog::warn("order store {}: checkpoint failed: {}", options_.path, sqlite3_errmsg(checkpoint_db_->get()));
+      lock.lock();
     }
   }
 
@@ -356,6 +384,9 @@ class OrderStore::Impl {
   OrderStoreOptions options_;
   std::unique_ptr<Writer> writer_;
   std::thread thread_;
+  std::unique_ptr<sql::Connection> checkpoint_db_;
+  std::thread checkpointer_;
+  std::condition_variable checkpoint_cv_;
   std::mutex mutex_;
   std::condition_variable cv_;
   std::deque<Op> queue_;

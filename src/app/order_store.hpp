@@ -7,6 +7,7 @@
 // processed_at), idempotency_keys (key, fingerprint, order_id, state pending|done) and
 // processed_messages (message_id, order_id, processed_at, processor).
 //
+// Threads: "order-store" writes, "order-ckpt" checkpoints the WAL in the background.
 // Writes go through one writer thread per OrderStore: whatever is queued when it wakes
 // is written in one transaction (group commit), so the HTTP path never waits on a
 // commit of its own. Asynchronous calls return at once and run their callback on that
