@@ -6,6 +6,7 @@
 #include <boost/asio/thread_pool.hpp>
 #include <boost/json.hpp>
 
+#include <cctype>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -82,15 +83,15 @@ class OrderApi::Impl : public std::enable_shared_from_this<Impl> {
     const std::string& method = request.method;
 
     if (path == "/healthz") {
-      if (method != "GET" && method != "HEAD") return respond(method_not_allowed("GET"));
+      if (method != "GET") return respond(method_not_allowed("GET"));
       return respond(json_response(200, {{"status", "ok"}}));
     }
     if (path == "/readyz") {
-      if (method != "GET" && method != "HEAD") return respond(method_not_allowed("GET"));
+      if (method != "GET") return respond(method_not_allowed("GET"));
       return readyz(std::move(respond));
     }
     if (path == "/metrics") {
-      if (method != "GET" && method != "HEAD") return respond(method_not_allowed("GET"));
+      if (method != "GET") return respond(method_not_allowed("GET"));
       return respond({200, "text/plain; version=0.0.4; charset=utf-8", metrics_text(), {}});
     }
     if (path == "/orders") {
@@ -101,7 +102,7 @@ class OrderApi::Impl : public std::enable_shared_from_this<Impl> {
     if (path.starts_with(prefix) && path.size() > prefix.size() &&
         path.find('/', prefix.size()) == std::string_view::npos) {
       std::string_view name = path.substr(prefix.size());
-      if (method == "GET" || method == "HEAD") return get_order(std::string(name), std::move(respond));
+      if (method == "GET") return get_order(std::string(name), std::move(respond));
       if (method == "POST") {
         for (const auto& b : brokers_)
           if (b.name == name) return post_order(b, std::move(request), std::move(respond));

@@ -104,6 +104,17 @@ std::uint64_t parse_number(const std::string& text, const std::string& pattern) 
   return std::stoull(m[1].str());
 }
 
+// How many OrderCreated events the broker holds (nothing consumes them with --no-processor).
+std::uint64_t published(const std::string& broker, const std::string& cwd) {
+  auto r = run_ferry({"stats", "--json", "--broker", broker}, cwd);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  auto line = r.output.substr(r.output.find('{'));
+  auto v = boost::json::parse(line);
+  for (const auto& t : v.at("topics").as_array())
+    if (t.at("topic").as_string() == "orders") return t.at("messages").to_number<std::uint64_t>();
+  return 0;
+}
+
 TEST_F(OrderService, ThousandOrdersFromThirtyTwoClientsAreEachProcessedOnce) {
   auto [serve, port] = this->serve();
   ASSERT_NE(port, 0);
@@ -139,17 +150,6 @@ TEST_F(OrderService, ThousandOrdersFromThirtyTwoClientsAreEachProcessedOnce) {
   EXPECT_EQ(parse_number(log, R"(processor: processed [0-9]+, duplicates ([0-9]+))"), 0u) << log;
   EXPECT_EQ(store_count(store_path(), "SELECT COUNT(*) FROM processed_messages"), kOrders);
   EXPECT_EQ(store_count(store_path(), "SELECT COUNT(*) FROM orders WHERE state = 'processed'"), kOrders);
-}
-
-// How many OrderCreated events the broker holds (nothing consumes them with --no-processor).
-std::uint64_t published(const std::string& broker, const std::string& cwd) {
-  auto r = run_ferry({"stats", "--json", "--broker", broker}, cwd);
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  auto line = r.output.substr(r.output.find('{'));
-  auto v = boost::json::parse(line);
-  for (const auto& t : v.at("topics").as_array())
-    if (t.at("topic").as_string() == "orders") return t.at("messages").to_number<std::uint64_t>();
-  return 0;
 }
 
 TEST_F(OrderService, BadInputGetsItsStatusAndPublishesNothing) {
@@ -230,6 +230,42 @@ TEST_F(OrderService, BadInputGetsItsStatusAndPublishesNothing) {
   EXPECT_EQ(published(broker_url(), dir_.path().string()), 3u);
   serve->signal(SIGTERM);
   EXPECT_EQ(serve->wait_exit(15s), 0);
+}
+
+TEST_F(OrderService, PostsThroughTheNamedBroker) {
+  std::string second = "sqlite://" + dir_.file("second.db");
+  std::vector<std::string> brokers{"--broker", "main=" + broker_url(), "--broker", "second=" + second};
+  auto serve_args = brokers;
+  serve_args.push_back("--no-processor");
+  auto p = start("serve", serve_args);
+  auto port = p->wait_listening();
+  ASSERT_NE(port, 0) << p->log();
+  HttpClient client(port);
+  auto ready = client.get("/readyz");
+  EXPECT_EQ(ready.status, 200) << ready.body;
+  EXPECT_NE(ready.body.find("second"), std::string::npos) << ready.body;
+  std::vector<std::string> ids;
+  for (const char* target : {"/orders", "/orders/second", "/orders/main"}) {
+    auto r = client.post_json(target, order_body("u"));
+    ASSERT_EQ(r.status, 202) << target << ": " << r.body;
+    ids.push_back(json_field(r.body, "order_id"));
+  }
+  auto metrics = client.get("/metrics");
+  EXPECT_EQ(metrics.status, 200);
+  EXPECT_NE(metrics.body.find(R"(ferry_http_requests_total{method="POST",code="202"} 3)"), std::string::npos)
+      << metrics.body;
+  EXPECT_EQ(published(broker_url(), dir_.path().string()), 2u);
+  EXPECT_EQ(published(second, dir_.path().string()), 1u);
+
+  // One consume process serves both brokers.
+  auto consumer = start("consume", brokers);
+  auto left = wait_processed(port, ids, 30s);
+  EXPECT_TRUE(left.empty()) << consumer->log();
+  consumer->signal(SIGTERM);
+  EXPECT_EQ(consumer->wait_exit(15s), 0);
+  EXPECT_EQ(parse_number(consumer->log(), R"(consume: processed ([0-9]+))"), 3u) << consumer->log();
+  p->signal(SIGTERM);
+  EXPECT_EQ(p->wait_exit(15s), 0);
 }
 
 TEST_F(OrderService, SigtermDuringLoadLosesNoAcceptedOrder) {
