@@ -10,7 +10,6 @@
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-
 #include <future>
 #include <map>
 #include <mutex>
@@ -139,9 +138,9 @@ class Session : public std::enable_shared_from_this<Session> {
         target_.clear();
         version_ = 11;
         int status = ec == http::error::header_limit ? 431 : 400;
-        return send({status, "application/json", json_error("bad_request", "malformed HTTP request: " + ec.message()),
-                      {}},
-                     true, false);
+        return send(
+            {status, "application/json", json_error("bad_request", "malformed HTTP request: " + ec.message()), {}},
+            true, false);
       }
       return close();
     }
@@ -170,9 +169,8 @@ class Session : public std::enable_shared_from_this<Session> {
       self->on_response(seq, self->shared_->options.timeout_response);
     });
     Responder respond = [self, seq](HttpResponse response) {
-      net::post(self->stream_.get_executor(), [self, seq, response = std::move(response)]() mutable {
-        self->on_response(seq, std::move(response));
-      });
+      net::post(self->stream_.get_executor(),
+                [self, seq, response = std::move(response)]() mutable { self->on_response(seq, std::move(response)); });
     };
     try {
       shared_->handler(std::move(request), std::move(respond));
@@ -234,11 +232,10 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void discard() {
-    stream_.async_read_some(net::buffer(discard_),
-                            [self = shared_from_this()](beast::error_code ec, std::size_t n) {
-                              self->discarded_ += n;
-                              if (!ec && self->discarded_ < kLingerBytes) self->discard();
-                            });
+    stream_.async_read_some(net::buffer(discard_), [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+      self->discarded_ += n;
+      if (!ec && self->discarded_ < kLingerBytes) self->discard();
+    });
   }
 
   beast::tcp_stream stream_;
@@ -374,13 +371,29 @@ HttpServer::HttpServer(HttpServerOptions options, HttpHandler handler)
     : impl_(std::make_unique<Impl>(std::move(options), std::move(handler))) {}
 HttpServer::~HttpServer() = default;
 
-void HttpServer::start() { impl_->start(); }
-std::string HttpServer::local_address() const { return impl_->local_address(); }
-void HttpServer::stop_accepting() { impl_->stop_accepting(); }
-bool HttpServer::wait_idle(std::chrono::steady_clock::time_point deadline) { return impl_->wait_idle(deadline); }
-std::uint64_t HttpServer::requests_in_flight() const { return impl_->in_flight(); }
-std::uint64_t HttpServer::connections() const { return impl_->connections(); }
-void HttpServer::stop() { impl_->stop(); }
-std::vector<HttpCounts> HttpServer::counts() const { return impl_->counts(); }
+void HttpServer::start() {
+  impl_->start();
+}
+std::string HttpServer::local_address() const {
+  return impl_->local_address();
+}
+void HttpServer::stop_accepting() {
+  impl_->stop_accepting();
+}
+bool HttpServer::wait_idle(std::chrono::steady_clock::time_point deadline) {
+  return impl_->wait_idle(deadline);
+}
+std::uint64_t HttpServer::requests_in_flight() const {
+  return impl_->in_flight();
+}
+std::uint64_t HttpServer::connections() const {
+  return impl_->connections();
+}
+void HttpServer::stop() {
+  impl_->stop();
+}
+std::vector<HttpCounts> HttpServer::counts() const {
+  return impl_->counts();
+}
 
 }  // namespace ferry::app

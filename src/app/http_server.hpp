@@ -56,7 +56,8 @@ struct HttpServerOptions {
   std::size_t body_limit = 64 * 1024;
   std::chrono::milliseconds idle_timeout{60'000};
   std::chrono::milliseconds handler_timeout{10'000};
-  HttpResponse timeout_response{503, "application/json",
+  HttpResponse timeout_response{503,
+                                "application/json",
                                 R"({"error":"unavailable","detail":"the request timed out; retry later"})",
                                 {{"Retry-After", "1"}}};
 };

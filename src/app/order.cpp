@@ -2,7 +2,6 @@
 
 #include <boost/json.hpp>
 #include <boost/uuid/detail/sha1.hpp>
-
 #include <chrono>
 #include <cstdio>
 #include <ctime>

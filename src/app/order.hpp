@@ -3,9 +3,9 @@
 //
 // Request rules: a JSON object with exactly the fields "user_id" (a non-empty string of
 // at most 128 characters, counted as Unicode code points) and "product_ids" (a non-empty
-// array of at most 100 non-empty strings of at most 128 characters each). Unknown extra fields are rejected as invalid, so a
-// misspelt optional field never passes silently and the idempotency fingerprint covers
-// everything the client sent that matters.
+// array of at most 100 non-empty strings of at most 128 characters each). Unknown extra fields are rejected as invalid,
+// so a misspelt optional field never passes silently and the idempotency fingerprint covers everything the client sent
+// that matters.
 //
 // OrderCreated v1 (JSON): {"schema_version": 1, "order_id", "user_id", "product_ids",
 // "timestamp" (ms since the Unix epoch), "created_at" (RFC 3339, UTC, milliseconds)}.

@@ -5,7 +5,6 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/json.hpp>
-
 #include <cctype>
 #include <mutex>
 #include <thread>
@@ -61,10 +60,15 @@ bool valid_key(std::string_view key) {
 json::object order_json(const OrderRecord& r) {
   json::array products;
   for (const auto& p : r.product_ids) products.emplace_back(p);
-  json::object o{{"order_id", r.id},           {"user_id", r.user_id}, {"product_ids", std::move(products)},
-                 {"state", r.state},           {"created_at", r.created_at}};
-  if (r.processed_at) o["processed_at"] = *r.processed_at;
-  else o["processed_at"] = nullptr;
+  json::object o{{"order_id", r.id},
+                 {"user_id", r.user_id},
+                 {"product_ids", std::move(products)},
+                 {"state", r.state},
+                 {"created_at", r.created_at}};
+  if (r.processed_at)
+    o["processed_at"] = *r.processed_at;
+  else
+    o["processed_at"] = nullptr;
   return o;
 }
 
@@ -254,19 +258,20 @@ class OrderApi::Impl : public std::enable_shared_from_this<Impl> {
   // Runs on the broker's thread: must not block.
   void on_published(const std::shared_ptr<Pending>& pending, const Status& s) {
     if (!s.ok()) {
-      spdlog::warn("POST /orders: publishing order {} to {} failed: {}", pending->event.order_id,
-                   pending->broker->name, s.message);
+      spdlog::warn("POST /orders: publishing order {} to {} failed: {}", pending->event.order_id, pending->broker->name,
+                   s.message);
       counters_.unavailable.fetch_add(1, std::memory_order_relaxed);
-      finish(pending, unavailable_response("the broker '" + pending->broker->name +
-                                           "' did not confirm the order; retry later"));
+      finish(pending,
+             unavailable_response("the broker '" + pending->broker->name + "' did not confirm the order; retry later"));
       counters_.publishing.fetch_sub(1);
       return;
     }
     store_.record_accepted(pending->event, pending->key, [self = shared_from_this(), pending](const Status& st) {
       if (!st.ok())
-        spdlog::error("POST /orders: order {} was published but not stored as accepted ({}); the processor will "
-                      "store it",
-                      pending->event.order_id, st.message);
+        spdlog::error(
+            "POST /orders: order {} was published but not stored as accepted ({}); the processor will "
+            "store it",
+            pending->event.order_id, st.message);
       self->counters_.accepted.fetch_add(1, std::memory_order_relaxed);
       self->finish(pending, accepted_response(pending->event.order_id));
       self->counters_.publishing.fetch_sub(1);
@@ -358,18 +363,28 @@ class OrderApi::Impl : public std::enable_shared_from_this<Impl> {
 OrderApi::OrderApi(std::vector<NamedBroker> brokers, OrderStore& store, OrderApiOptions options)
     : impl_(std::make_shared<Impl>(std::move(brokers), store, std::move(options))) {}
 
-OrderApi::~OrderApi() { impl_->stop(); }
+OrderApi::~OrderApi() {
+  impl_->stop();
+}
 
-void OrderApi::handle(HttpRequest&& request, Responder respond) { impl_->handle(std::move(request), std::move(respond)); }
+void OrderApi::handle(HttpRequest&& request, Responder respond) {
+  impl_->handle(std::move(request), std::move(respond));
+}
 
-void OrderApi::add_metrics(std::function<void(std::string&)> source) { impl_->add_metrics(std::move(source)); }
+void OrderApi::add_metrics(std::function<void(std::string&)> source) {
+  impl_->add_metrics(std::move(source));
+}
 
 bool OrderApi::wait_publishes(std::chrono::steady_clock::time_point deadline) const {
   return impl_->wait_publishes(deadline);
 }
 
-void OrderApi::stop() { impl_->stop(); }
+void OrderApi::stop() {
+  impl_->stop();
+}
 
-const OrderApiCounters& OrderApi::counters() const noexcept { return impl_->counters(); }
+const OrderApiCounters& OrderApi::counters() const noexcept {
+  return impl_->counters();
+}
 
 }  // namespace ferry::app

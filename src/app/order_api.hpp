@@ -48,12 +48,12 @@ struct OrderApiOptions {
 
 // Counts since start, for logs and /metrics.
 struct OrderApiCounters {
-  std::atomic<std::uint64_t> accepted{0};        // 202 with a new publish
-  std::atomic<std::uint64_t> replayed{0};        // 202 for a repeated Idempotency-Key
-  std::atomic<std::uint64_t> invalid{0};         // 400, 413 (counted by the server), 415, 422
-  std::atomic<std::uint64_t> conflicts{0};       // 409
-  std::atomic<std::uint64_t> unavailable{0};     // 503
-  std::atomic<std::uint64_t> publishing{0};      // publishes in flight now
+  std::atomic<std::uint64_t> accepted{0};     // 202 with a new publish
+  std::atomic<std::uint64_t> replayed{0};     // 202 for a repeated Idempotency-Key
+  std::atomic<std::uint64_t> invalid{0};      // 400, 413 (counted by the server), 415, 422
+  std::atomic<std::uint64_t> conflicts{0};    // 409
+  std::atomic<std::uint64_t> unavailable{0};  // 503
+  std::atomic<std::uint64_t> publishing{0};   // publishes in flight now
 };
 
 class OrderApi {

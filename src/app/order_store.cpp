@@ -20,7 +20,9 @@ namespace {
 constexpr const char* kFormat = "ferry-orders";
 constexpr const char* kVersion = "1";
 
-std::int64_t now_ms() { return to_unix_ms(Clock::now()); }
+std::int64_t now_ms() {
+  return to_unix_ms(Clock::now());
+}
 
 // Refuses a file that holds something other than an order store (a broker database,
 // say) before anything is written to it.
@@ -35,8 +37,9 @@ void check_format(sql::Connection& db) {
   }
   if (names.empty()) return;
   if (!names.count("order_store_meta"))
-    throw Error(Errc::not_ferry_data, db.path() + " is an SQLite database but not an order store; point --store at "
-                                                  "a new file or an existing order store");
+    throw Error(Errc::not_ferry_data, db.path() +
+                                          " is an SQLite database but not an order store; point --store at "
+                                          "a new file or an existing order store");
   auto meta = db.prepare("SELECT value FROM order_store_meta WHERE name = ?1");
   meta.bind(1, std::string_view("format"));
   std::string format = meta.step() ? meta.text(0) : std::string();
@@ -91,7 +94,8 @@ class Writer {
     release_ = db_.prepare("RELEASE op");
     rollback_to_ = db_.prepare("ROLLBACK TO op");
     insert_key_ = db_.prepare(
-        "INSERT INTO idempotency_keys(key, fingerprint, order_id, state, created_ms) VALUES (?1, ?2, ?3, 'pending', ?4) "
+        "INSERT INTO idempotency_keys(key, fingerprint, order_id, state, created_ms) VALUES (?1, ?2, ?3, 'pending', "
+        "?4) "
         "ON CONFLICT(key) DO NOTHING");
     select_key_ = db_.prepare("SELECT fingerprint, order_id, state FROM idempotency_keys WHERE key = ?1");
     key_done_ = db_.prepare("UPDATE idempotency_keys SET state = 'done' WHERE key = ?1 AND order_id = ?2");
@@ -121,8 +125,10 @@ class Writer {
     r.order_id = select_key_.text(1);
     std::string state = select_key_.text(2);
     select_key_.reset();
-    if (stored_fingerprint != fingerprint) r.claim = KeyClaim::conflict;
-    else r.claim = state == "done" ? KeyClaim::done : KeyClaim::pending;
+    if (stored_fingerprint != fingerprint)
+      r.claim = KeyClaim::conflict;
+    else
+      r.claim = state == "done" ? KeyClaim::done : KeyClaim::pending;
     return r;
   }
 
@@ -399,7 +405,9 @@ class OrderStore::Impl {
 OrderStore::OrderStore(OrderStoreOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
 OrderStore::~OrderStore() = default;
 
-const std::string& OrderStore::path() const noexcept { return impl_->path(); }
+const std::string& OrderStore::path() const noexcept {
+  return impl_->path();
+}
 
 void OrderStore::reserve_key(std::string key, std::string fingerprint, std::string order_id, ReserveCallback done) {
   auto result = std::make_shared<KeyReservation>();
@@ -423,17 +431,25 @@ ProcessOutcome OrderStore::mark_processed(const OrderCreated& event, const std::
   std::promise<Status> promise;
   auto future = promise.get_future();
   Op op;
-  op.apply = [&event, &message_id, &processor, outcome](Writer& w) { *outcome = w.processed(event, message_id, processor); };
+  op.apply = [&event, &message_id, &processor, outcome](Writer& w) {
+    *outcome = w.processed(event, message_id, processor);
+  };
   op.done = [&promise](const Status& s) { promise.set_value(s); };
   impl_->enqueue(std::move(op));
   throw_if_error(future.get());
   return *outcome;
 }
 
-std::optional<OrderRecord> OrderStore::find(const std::string& order_id) { return impl_->find(order_id); }
+std::optional<OrderRecord> OrderStore::find(const std::string& order_id) {
+  return impl_->find(order_id);
+}
 
-Status OrderStore::ping() { return impl_->ping(); }
+Status OrderStore::ping() {
+  return impl_->ping();
+}
 
-void OrderStore::close() { impl_->close(); }
+void OrderStore::close() {
+  impl_->close();
+}
 
 }  // namespace ferry::app

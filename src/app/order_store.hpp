@@ -96,8 +96,7 @@ class OrderStore {
 
   // Marks the order processed, inserting it from the event if it is missing; blocks until
   // committed. Throws Error(storage | unavailable | closed).
-  ProcessOutcome mark_processed(const OrderCreated& event, const std::string& message_id,
-                                const std::string& processor);
+  ProcessOutcome mark_processed(const OrderCreated& event, const std::string& message_id, const std::string& processor);
 
   // The order, or nothing for an unknown id. Throws Error(storage | unavailable).
   std::optional<OrderRecord> find(const std::string& order_id);

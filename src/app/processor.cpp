@@ -24,8 +24,7 @@ void ProcessorOptions::validate() const {
   if (ack_timeout.count() < 100 || ack_timeout > std::chrono::hours{24})
     throw Error(Errc::invalid_argument, "--ack-timeout must be between 0.1 seconds and 24 hours");
   if (concurrency < 1 || concurrency > 1024)
-    throw Error(Errc::invalid_argument,
-                "--concurrency " + std::to_string(concurrency) + " must be between 1 and 1024");
+    throw Error(Errc::invalid_argument, "--concurrency " + std::to_string(concurrency) + " must be between 1 and 1024");
 }
 
 void handle_order_created(Delivery& delivery, OrderStore& store, const ProcessorOptions& options,
@@ -44,8 +43,8 @@ void handle_order_created(Delivery& delivery, OrderStore& store, const Processor
     delivery.ack();
     if (outcome == ProcessOutcome::processed) {
       counters.processed.fetch_add(1, std::memory_order_relaxed);
-      spdlog::debug("order processor: order {} processed (message {}, attempt {})", decoded.event->order_id,
-                    message.id, delivery.attempt());
+      spdlog::debug("order processor: order {} processed (message {}, attempt {})", decoded.event->order_id, message.id,
+                    delivery.attempt());
     } else {
       counters.duplicates.fetch_add(1, std::memory_order_relaxed);
       spdlog::info("order processor: order {} was already processed; duplicate message {} acked",
@@ -65,7 +64,9 @@ OrderProcessor::OrderProcessor(std::shared_ptr<Broker> broker, OrderStore& store
   options_.validate();
 }
 
-OrderProcessor::~OrderProcessor() { stop(); }
+OrderProcessor::~OrderProcessor() {
+  stop();
+}
 
 void OrderProcessor::start() {
   SubscribeOptions so;

@@ -1,12 +1,10 @@
 #include "service.hpp"
 
-#include <unistd.h>
-
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
-
 #include <csignal>
 #include <cstdlib>
 #include <future>
@@ -215,8 +213,8 @@ std::vector<BrokerSpec> parse_broker_specs(const std::vector<std::string>& items
         throw Error(Errc::bad_url, "--broker '" + mask_url(item) + "' is not a broker URL such as sqlite://PATH");
     }
     if (!names.insert(spec.name).second)
-      throw Error(Errc::invalid_argument, "two brokers are named '" + spec.name +
-                                              "'; name each one with --broker NAME=URL");
+      throw Error(Errc::invalid_argument,
+                  "two brokers are named '" + spec.name + "'; name each one with --broker NAME=URL");
     out.push_back(std::move(spec));
   }
   return out;
@@ -234,7 +232,8 @@ int run_serve(const ServeConfig& config) {
   OrderStoreOptions store_options;
   store_options.path = config.store;
   store_options.validate();
-  int threads = config.threads > 0 ? config.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  int threads =
+      config.threads > 0 ? config.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
 
   SignalWaiter signals;
   auto brokers = open_brokers(specs);
@@ -252,8 +251,9 @@ int run_serve(const ServeConfig& config) {
     api.handle(std::move(request), std::move(respond));
   });
   api.add_metrics([&server](std::string& out) {
-    out += "# HELP ferry_http_requests_total HTTP requests answered, by method and status code.\n"
-           "# TYPE ferry_http_requests_total counter\n";
+    out +=
+        "# HELP ferry_http_requests_total HTTP requests answered, by method and status code.\n"
+        "# TYPE ferry_http_requests_total counter\n";
     for (const auto& c : server.counts())
       out += "ferry_http_requests_total{method=\"" + c.method + "\",code=\"" + std::to_string(c.status) + "\"} " +
              std::to_string(c.count) + "\n";
@@ -286,12 +286,12 @@ int run_serve(const ServeConfig& config) {
   server.stop();
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - started).count();
   const auto& c = api.counters();
-  spdlog::info("shutdown: drained {} request(s) and {} publish(es) in flight, {} processor delivery(ies) in flight; "
-               "served: accepted {}, replayed {}, invalid {}, conflicts {}, unavailable {}; "
-               "processor: processed {}, duplicates {}, rejected {}, failed {}; done in {} ms",
-               requests, publishes, totals.in_flight, c.accepted.load(), c.replayed.load(), c.invalid.load(),
-               c.conflicts.load(), c.unavailable.load(), totals.processed, totals.duplicates, totals.rejected,
-               totals.failed, ms);
+  spdlog::info(
+      "shutdown: drained {} request(s) and {} publish(es) in flight, {} processor delivery(ies) in flight; "
+      "served: accepted {}, replayed {}, invalid {}, conflicts {}, unavailable {}; "
+      "processor: processed {}, duplicates {}, rejected {}, failed {}; done in {} ms",
+      requests, publishes, totals.in_flight, c.accepted.load(), c.replayed.load(), c.invalid.load(), c.conflicts.load(),
+      c.unavailable.load(), totals.processed, totals.duplicates, totals.rejected, totals.failed, ms);
   spdlog::default_logger()->flush();
   return drained ? 0 : 1;
 }
@@ -309,9 +309,10 @@ int run_consume(const ConsumeConfig& config) {
   auto brokers = open_brokers(specs);
   OrderStore store(store_options);
   auto processors = start_processors(brokers, store, config.concurrency, config.ack_timeout, "consume");
-  spdlog::info("ferry {} consume: processing topic orders as group order-processor from {}; store {}; "
-               "{} worker(s) per broker",
-               config.version, describe_brokers(brokers), store.path(), config.concurrency);
+  spdlog::info(
+      "ferry {} consume: processing topic orders as group order-processor from {}; store {}; "
+      "{} worker(s) per broker",
+      config.version, describe_brokers(brokers), store.path(), config.concurrency);
 
   int signal = signals.wait();
   auto started = SteadyClock::now();
@@ -321,9 +322,10 @@ int run_consume(const ConsumeConfig& config) {
   close_brokers(brokers);
   store.close();
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - started).count();
-  spdlog::info("consume: processed {}, duplicates {}, rejected {}, failed {}; finished {} delivery(ies) in flight; "
-               "done in {} ms",
-               totals.processed, totals.duplicates, totals.rejected, totals.failed, totals.in_flight, ms);
+  spdlog::info(
+      "consume: processed {}, duplicates {}, rejected {}, failed {}; finished {} delivery(ies) in flight; "
+      "done in {} ms",
+      totals.processed, totals.duplicates, totals.rejected, totals.failed, totals.in_flight, ms);
   spdlog::default_logger()->flush();
   return 0;
 }

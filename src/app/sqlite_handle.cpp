@@ -59,9 +59,13 @@ void Statement::reset() noexcept {
   sqlite3_clear_bindings(stmt_.get());
 }
 
-std::int64_t Statement::int64(int column) const { return sqlite3_column_int64(stmt_.get(), column); }
+std::int64_t Statement::int64(int column) const {
+  return sqlite3_column_int64(stmt_.get(), column);
+}
 
-bool Statement::is_null(int column) const { return sqlite3_column_type(stmt_.get(), column) == SQLITE_NULL; }
+bool Statement::is_null(int column) const {
+  return sqlite3_column_type(stmt_.get(), column) == SQLITE_NULL;
+}
 
 std::string Statement::text(int column) const {
   const auto* p = sqlite3_column_text(stmt_.get(), column);
@@ -69,7 +73,9 @@ std::string Statement::text(int column) const {
   return p ? std::string(reinterpret_cast<const char*>(p), static_cast<std::size_t>(n)) : std::string();
 }
 
-void Statement::fail(int code) const { throw_sqlite(db_, code, "order store statement"); }
+void Statement::fail(int code) const {
+  throw_sqlite(db_, code, "order store statement");
+}
 
 Connection::Connection(const std::string& path, bool create, int busy_timeout_ms) : path_(path) {
   sqlite3* raw = nullptr;

@@ -36,8 +36,9 @@ void add_broker_option(CLI::App& cmd, std::vector<std::string>& brokers, const s
 
 void add_serve_options(CLI::App& cmd, ServeArgs& args, const std::string& default_broker) {
   add_broker_option(cmd, args.brokers, default_broker);
-  cmd.add_option("--listen", args.listen, "HTTP address: HOST:PORT, [IPv6]:PORT or :PORT (every interface); port 0 "
-                                          "picks a free one")
+  cmd.add_option("--listen", args.listen,
+                 "HTTP address: HOST:PORT, [IPv6]:PORT or :PORT (every interface); port 0 "
+                 "picks a free one")
       ->envname("FERRY_LISTEN")
       ->capture_default_str();
   cmd.add_option("--threads", args.threads, "HTTP I/O threads (0: one per core)")->capture_default_str();

@@ -8,7 +8,9 @@
 namespace ferry::e2e {
 namespace {
 
-std::size_t lines(const std::string& text) { return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n')); }
+std::size_t lines(const std::string& text) {
+  return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n'));
+}
 
 TEST(Cli, HelpWorksForServeAndConsume) {
   TempDir dir;

@@ -12,7 +12,6 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
-
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -74,7 +73,9 @@ std::string read_file(const std::string& path) {
 
 }  // namespace
 
-std::string ferry_binary() { return FERRY_BINARY; }
+std::string ferry_binary() {
+  return FERRY_BINARY;
+}
 
 TempDir::TempDir() {
   std::random_device rd;
@@ -106,7 +107,9 @@ FerryProcess::~FerryProcess() {
   }
 }
 
-std::string FerryProcess::log() const { return read_file(log_path_); }
+std::string FerryProcess::log() const {
+  return read_file(log_path_);
+}
 
 bool FerryProcess::running() {
   if (status_) return false;
@@ -150,8 +153,8 @@ std::optional<int> FerryProcess::wait_exit(std::chrono::milliseconds timeout) {
 }
 
 ToolResult run_ferry(const std::vector<std::string>& args, const std::string& cwd, std::chrono::milliseconds timeout) {
-  std::string log_path = (std::filesystem::path(cwd) / ("tool-" + std::to_string(std::random_device{}()) + ".log"))
-                             .string();
+  std::string log_path =
+      (std::filesystem::path(cwd) / ("tool-" + std::to_string(std::random_device{}()) + ".log")).string();
   ToolResult result;
   {
     FerryProcess p(args, log_path, cwd);
@@ -242,7 +245,9 @@ class HttpClient::Impl {
 };
 
 HttpClient::HttpClient(std::uint16_t port) : impl_(new Impl(port)) {}
-HttpClient::~HttpClient() { delete impl_; }
+HttpClient::~HttpClient() {
+  delete impl_;
+}
 
 HttpResult HttpClient::request(const std::string& method, const std::string& target, const std::string& body,
                                const std::map<std::string, std::string>& headers) {
@@ -256,7 +261,9 @@ HttpResult HttpClient::post_json(const std::string& target, const std::string& b
   return request("POST", target, body, all);
 }
 
-HttpResult HttpClient::raw(const std::string& bytes) { return impl_->raw(bytes); }
+HttpResult HttpClient::raw(const std::string& bytes) {
+  return impl_->raw(bytes);
+}
 
 std::string json_field(const std::string& json, const std::string& name) {
   boost::json::error_code ec;

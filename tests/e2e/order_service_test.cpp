@@ -3,9 +3,8 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
-#include <boost/json.hpp>
-
 #include <atomic>
+#include <boost/json.hpp>
 #include <memory>
 #include <mutex>
 #include <regex>
@@ -128,8 +127,10 @@ TEST_F(OrderService, ThousandOrdersFromThirtyTwoClientsAreEachProcessedOnce) {
       HttpClient client(port);
       for (int i; (i = next++) < kOrders;) {
         auto r = client.post_json("/orders", order_body("user-" + std::to_string(i), 1 + i % 5));
-        if (r.status == 202 && json_field(r.body, "status") == "accepted") ids[i] = json_field(r.body, "order_id");
-        else ++failures;
+        if (r.status == 202 && json_field(r.body, "status") == "accepted")
+          ids[i] = json_field(r.body, "order_id");
+        else
+          ++failures;
       }
     });
   }
