@@ -1,4 +1,5 @@
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <unistd.h>
@@ -431,6 +432,7 @@ Db open_database(const Options& options) {
   Db db(options.path, true);
   sqlite3_busy_timeout(db.get(), static_cast<int>(options.busy_timeout.count()));
   check_format(db);
+  db.exec("PRAGMA page_size = 16384");  // takes effect only when the file is created
   db.exec("PRAGMA journal_mode = WAL");
   db.exec(options.sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
   db.exec("PRAGMA cache_size = -16384");
@@ -453,8 +455,14 @@ class Engine : public std::enable_shared_from_this<Engine> {
     writer_ = std::make_unique<Writer>(std::move(db), options_.sync_full);
     watch_db_ = std::make_unique<Db>(options_.path, false);
     wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    writer_thread_ = std::thread([this] { run_writer(); });
-    watcher_thread_ = std::thread([this] { run_watcher(); });
+    writer_thread_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "ferry-sq-write");
+      run_writer();
+    });
+    watcher_thread_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "ferry-sq-watch");
+      run_watcher();
+    });
   }
 
   ~Engine() { shutdown(); }

@@ -1,0 +1,87 @@
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "ferry/metrics.hpp"
+#include "ferry/router/middleware.hpp"
+#include "prometheus_text.hpp"
+#include "router_test_support.hpp"
+
+using ferry::testing::Fixture;
+using ferry::testing::parse_prometheus;
+
+namespace {
+
+TEST(MetricsRegistry, RendersStrictPrometheusText) {
+  ferry::metrics::Registry r;
+  auto& published = r.counter("ferry_published_total", "Messages confirmed.", {"backend", "topic"});
+  published.labels({"sqlite", "orders"}).inc(3);
+  published.labels({"sqlite", "odd \"topic\"\\\n"}).inc();
+  r.gauge("ferry_backlog", "Messages waiting.", {"topic"}).labels({"orders"}).set(42);
+  auto& latency = r.histogram("ferry_publish_duration_seconds", "Publish latency.", {"topic"});
+  latency.labels({"orders"}).observe(0.003);
+  latency.labels({"orders"}).observe(0.2);
+  latency.labels({"orders"}).observe(50);
+
+  auto text = r.render();
+  auto parsed = parse_prometheus(text);
+  EXPECT_EQ(parsed.types.at("ferry_published_total"), "counter");
+  EXPECT_EQ(parsed.value("ferry_published_total", {{"topic", "orders"}}), 3);
+  EXPECT_EQ(parsed.value("ferry_published_total", {{"topic", "odd \"topic\"\\\n"}}), 1);
+  EXPECT_EQ(parsed.value("ferry_backlog", {{"topic", "orders"}}), 42);
+  EXPECT_EQ(parsed.value("ferry_publish_duration_seconds_count"), 3);
+  EXPECT_EQ(parsed.value("ferry_publish_duration_seconds_bucket", {{"le", "0.005"}}), 1);
+  EXPECT_EQ(parsed.value("ferry_publish_duration_seconds_bucket", {{"le", "0.25"}}), 2);
+  EXPECT_EQ(parsed.value("ferry_publish_duration_seconds_bucket", {{"le", "+Inf"}}), 3);
+  EXPECT_NEAR(parsed.value("ferry_publish_duration_seconds_sum"), 50.203, 1e-9);
+}
+
+TEST(MetricsRegistry, CountsFromManyThreads) {
+  ferry::metrics::Registry r;
+  auto& c = r.counter("hits_total", "Hits.", {"k"});
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t)
+    threads.emplace_back([&] {
+      for (int i = 0; i < 10000; ++i) c.labels({"a"}).inc();
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(parse_prometheus(r.render()).value("hits_total"), 80000);
+}
+
+TEST(MetricsRegistry, RefusesBadNamesAndKindClashes) {
+  ferry::metrics::Registry r;
+  EXPECT_THROW(r.counter("1bad", "x"), std::invalid_argument);
+  EXPECT_THROW(r.counter("ok_total", "x", {"le"}), std::invalid_argument);
+  r.counter("same_total", "x");
+  EXPECT_THROW(r.gauge("same_total", "x"), std::invalid_argument);
+  EXPECT_THROW(r.counter("c_total", "x", {"a"}).labels({"1", "2"}), std::invalid_argument);
+}
+
+TEST(PrometheusParser, RejectsMalformedText) {
+  EXPECT_THROW(parse_prometheus("no_type 1\n"), std::runtime_error);
+  EXPECT_THROW(parse_prometheus("# TYPE a_total counter\na_total{x=\"1} 1\n"), std::runtime_error);
+  EXPECT_THROW(parse_prometheus("# TYPE a_total counter\na_total -1\n"), std::runtime_error);
+  EXPECT_THROW(parse_prometheus("# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n"),
+               std::runtime_error);
+  EXPECT_THROW(parse_prometheus("# TYPE g gauge\ng 1"), std::runtime_error);
+}
+
+TEST(MetricsMiddleware, CountsOutcomesAndDurations) {
+  ferry::metrics::Registry r;
+  auto mw = ferry::middleware::metrics(r);
+  Fixture ok, retried, rejected;
+  mw([](ferry::Request&) {})(ok.request);
+  EXPECT_THROW(mw([](ferry::Request&) { throw ferry::Retry("x", std::chrono::milliseconds{1}); })(retried.request),
+               ferry::Retry);
+  EXPECT_THROW(mw([](ferry::Request&) { throw ferry::Reject("poison"); })(rejected.request), ferry::Reject);
+  auto parsed = parse_prometheus(r.render());
+  std::map<std::string, std::string> labels{{"backend", "memory"}, {"topic", "orders"}, {"group", "billing"}};
+  EXPECT_EQ(parsed.value("ferry_consumed_total", labels), 3);
+  EXPECT_EQ(parsed.value("ferry_acks_total", labels), 1);
+  EXPECT_EQ(parsed.value("ferry_nacks_total", labels), 1);
+  EXPECT_EQ(parsed.value("ferry_rejects_total", labels), 1);
+  EXPECT_EQ(parsed.value("ferry_handler_duration_seconds_count", labels), 3);
+  EXPECT_EQ(parsed.value("ferry_in_flight", labels), 0);
+}
+
+}  // namespace
