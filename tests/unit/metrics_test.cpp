@@ -85,3 +85,34 @@ TEST(MetricsMiddleware, CountsOutcomesAndDurations) {
 }
 
 }  // namespace
+
+#include "ferry/backends/memory.hpp"
+#include "ferry/instrumented.hpp"
+
+namespace {
+
+TEST(InstrumentedPublisher, CountsConfirmationsAndFailuresAndReportsBacklog) {
+  ferry::memory::register_scheme();
+  auto broker = ferry::Broker::open("memory://");
+  ferry::metrics::Registry r;
+  ferry::InstrumentedPublisher publisher(broker->publisher(), r, "memory");
+  ferry::collect_backlog(r, broker);
+  auto sub = broker->subscribe({.topic = "orders", .group = "billing"});
+  publisher.publish("orders", ferry::Message::with_payload("a"));
+  publisher.publish_batch("orders", {ferry::Message::with_payload("b"), ferry::Message::with_payload("c")});
+  auto d = sub->receive(std::chrono::seconds{2});
+  ASSERT_TRUE(d);
+  broker->publisher().close();
+  EXPECT_THROW(publisher.publish("orders", ferry::Message::with_payload("late")), ferry::Error);
+
+  auto parsed = parse_prometheus(r.render());
+  EXPECT_EQ(parsed.value("ferry_published_total", {{"backend", "memory"}, {"topic", "orders"}}), 3);
+  EXPECT_EQ(parsed.value("ferry_publish_errors_total", {{"topic", "orders"}}), 1);
+  EXPECT_EQ(parsed.value("ferry_publish_duration_seconds_count", {{"topic", "orders"}}), 3);
+  EXPECT_EQ(parsed.value("ferry_backlog", {{"topic", "orders"}, {"group", "billing"}}), 3);
+  EXPECT_EQ(parsed.value("ferry_in_flight_deliveries", {{"topic", "orders"}, {"group", "billing"}}), 1);
+  d->ack();
+  EXPECT_EQ(parse_prometheus(r.render()).value("ferry_backlog", {{"topic", "orders"}, {"group", "billing"}}), 2);
+}
+
+}  // namespace
