@@ -20,6 +20,11 @@
 // the same order_id; the event's message id is the order id, so the processor still
 // processes the order once.
 //
+// A 503 (broker or store unavailable, or no confirmation within the request timeout)
+// does not prove that nothing was published: a confirmation may still arrive after the
+// answer. A client that must not create an order twice retries with the same
+// Idempotency-Key, which yields the same order_id.
+//
 // handle() never blocks: publishes complete on the broker's thread and store writes on
 // the store's thread; /readyz probes run on a thread of their own. Thread-safe.
 
