@@ -432,7 +432,6 @@ Db open_database(const Options& options) {
   Db db(options.path, true);
   sqlite3_busy_timeout(db.get(), static_cast<int>(options.busy_timeout.count()));
   check_format(db);
-  db.exec("PRAGMA page_size = 16384");  // takes effect only when the file is created
   db.exec("PRAGMA journal_mode = WAL");
   db.exec(options.sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
   db.exec("PRAGMA cache_size = -16384");
