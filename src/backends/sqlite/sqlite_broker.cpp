@@ -590,6 +590,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   void run_writer();
   void run_watcher();
   void execute(std::vector<Op>& batch);
+  Status run_transaction(std::vector<Op>& batch, std::vector<Status>& outcomes, bool isolate);
 
   Options options_;
   std::unique_ptr<Writer> writer_;
@@ -636,15 +637,18 @@ void Engine::run_writer() {
   }
 }
 
-void Engine::execute(std::vector<Op>& batch) {
-  std::vector<Status> outcomes(batch.size());
-  Status commit;
-  bool wake = false;
-  std::size_t published = 0;
+// Runs the batch in one transaction. The fast path runs the operations back to back; if
+// one of them fails, the transaction is rolled back and run again with a savepoint around
+// each operation, so that only the failing one fails.
+Status Engine::run_transaction(std::vector<Op>& batch, std::vector<Status>& outcomes, bool isolate) {
   bool durable = std::any_of(batch.begin(), batch.end(), [](const Op& op) { return op.messages > 0 || op.durable; });
   try {
     writer_->begin(durable);
     for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (!isolate) {
+        batch[i].apply(*writer_);
+        continue;
+      }
       try {
         writer_->savepoint();
         batch[i].apply(*writer_);
@@ -658,8 +662,8 @@ void Engine::execute(std::vector<Op>& batch) {
       }
     }
     if (SteadyClock::now() >= next_retention_) {
+      writer_->savepoint();
       try {
-        writer_->savepoint();
         writer_->enforce_retention();
         writer_->release_savepoint();
       } catch (const std::exception& e) {
@@ -669,13 +673,20 @@ void Engine::execute(std::vector<Op>& batch) {
       next_retention_ = SteadyClock::now() + options_.retention_interval;
     }
     writer_->commit();
-  } catch (const Error& e) {
-    writer_->rollback();
-    commit = {e.code(), "writing to " + options_.path + " failed: " + e.what()};
+    return {};
   } catch (const std::exception& e) {
     writer_->rollback();
-    commit = {Errc::internal, "writing to " + options_.path + " failed: " + e.what()};
+    if (!isolate) return run_transaction(batch, outcomes, true);
+    const auto* error = dynamic_cast<const Error*>(&e);
+    return {error ? error->code() : Errc::internal, "writing to " + options_.path + " failed: " + e.what()};
   }
+}
+
+void Engine::execute(std::vector<Op>& batch) {
+  std::vector<Status> outcomes(batch.size());
+  bool wake = false;
+  std::size_t published = 0;
+  Status commit = run_transaction(batch, outcomes, false);
   for (std::size_t i = 0; i < batch.size(); ++i) {
     published += batch[i].messages;
     if (commit.ok() && outcomes[i].ok() && batch[i].wakes_consumers) wake = true;
