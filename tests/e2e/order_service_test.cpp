@@ -2,7 +2,9 @@
 // and crash recovery, on the sqlite:// backend.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sqlite3.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/json.hpp>
 #include <memory>
@@ -23,7 +25,9 @@ class OrderService : public ::testing::Test {
   std::string store_path() const { return dir_.file("orders.db"); }
 
   std::unique_ptr<FerryProcess> start(const std::string& command, std::vector<std::string> extra = {}) {
-    std::vector<std::string> args{command, "--broker", broker_url(), "--store", store_path()};
+    std::vector<std::string> args{command, "--store", store_path()};
+    if (std::find(extra.begin(), extra.end(), "--broker") == extra.end())
+      args.insert(args.end(), {"--broker", broker_url()});
     // A short lease, so that orders leased to a killed process come back quickly.
     args.insert(args.end(), {"--ack-timeout", "2"});
     if (command == "serve") {
@@ -265,6 +269,36 @@ TEST_F(OrderService, PostsThroughTheNamedBroker) {
   consumer->signal(SIGTERM);
   EXPECT_EQ(consumer->wait_exit(15s), 0);
   EXPECT_EQ(parse_number(consumer->log(), R"(consume: processed ([0-9]+))"), 3u) << consumer->log();
+  p->signal(SIGTERM);
+  EXPECT_EQ(p->wait_exit(15s), 0);
+}
+
+TEST_F(OrderService, BrokerThatCannotWriteGets503WithRetryAfter) {
+  // Another process holds the broker file's write lock longer than the broker waits.
+  std::string url = broker_url() + "?busy_timeout=300ms";
+  auto p = start("serve", {"--broker", url, "--no-processor"});
+  auto port = p->wait_listening();
+  ASSERT_NE(port, 0) << p->log();
+  HttpClient client(port);
+  ASSERT_EQ(client.post_json("/orders", order_body("before")).status, 202);
+
+  sqlite3* lock = nullptr;
+  ASSERT_EQ(sqlite3_open(dir_.file("ferry.db").c_str(), &lock), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(lock, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  auto refused = client.post_json("/orders", order_body("during"));
+  auto ready = client.get("/readyz");
+  sqlite3_exec(lock, "ROLLBACK", nullptr, nullptr, nullptr);
+  sqlite3_close(lock);
+
+  EXPECT_EQ(refused.status, 503) << refused.body;
+  EXPECT_EQ(refused.headers.count("retry-after"), 1u);
+  EXPECT_FALSE(json_field(refused.body, "error").empty()) << refused.body;
+  EXPECT_EQ(ready.status, 503) << ready.body;
+  EXPECT_NE(json_field(ready.body, "detail").find("broker sqlite"), std::string::npos) << ready.body;
+
+  EXPECT_EQ(client.post_json("/orders", order_body("after")).status, 202);
+  EXPECT_EQ(client.get("/readyz").status, 200);
+  EXPECT_EQ(published(broker_url(), dir_.path().string()), 2u);
   p->signal(SIGTERM);
   EXPECT_EQ(p->wait_exit(15s), 0);
 }
