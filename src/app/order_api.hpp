@@ -25,8 +25,12 @@
 // answer. A client that must not create an order twice retries with the same
 // Idempotency-Key, which yields the same order_id.
 //
-// handle() never blocks: publishes complete on the broker's thread and store writes on
-// the store's thread; /readyz probes run on a thread of their own. Thread-safe.
+// handle() does not wait for I/O: publishes complete on the broker's thread and store
+// writes on the store's thread; /readyz probes run on a thread of their own; GET
+// /orders/{id} is one indexed read on a pooled connection (WAL readers never wait for
+// writers). One caveat: a broker whose publish queue is full makes publish_async wait for
+// room (sqlite://: max_in_flight, 100,000 by default, for at most publish_timeout).
+// Thread-safe.
 
 #include <atomic>
 #include <chrono>
