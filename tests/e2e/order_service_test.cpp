@@ -93,8 +93,10 @@ class OrderService : public ::testing::Test {
     }
     void join() {
       stop = true;
-      for (auto& t : threads) t.join();
+      for (auto& t : threads)
+        if (t.joinable()) t.join();
     }
+    ~Load() { join(); }
   };
 
   TempDir dir_;
