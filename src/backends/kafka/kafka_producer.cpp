@@ -1,0 +1,331 @@
+#include "kafka_producer.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "ferry/subscriber.hpp"
+
+namespace ferry::kafka::detail {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+
+constexpr const char* kIdHeader = "ferry-id";
+
+int ms_left(SteadyClock::time_point deadline) {
+  auto left = std::chrono::duration_cast<Ms>(deadline - SteadyClock::now()).count();
+  return static_cast<int>(std::clamp<long long>(left, 0, 1'000'000'000));
+}
+
+}  // namespace
+
+// One publish_batch: completes once, with ok when every message is reported delivered or
+// with the first failure. Each message queued in librdkafka holds a reference, and so
+// does the publishing call while it queues them.
+struct Producer::Batch {
+  std::atomic<int> refs{1};
+  std::atomic<std::size_t> remaining{0};
+  std::atomic<bool> completed{false};
+  PublishCallback done;
+
+  void complete(const Status& status) noexcept {
+    if (completed.exchange(true)) return;
+    if (!done) return;
+    try {
+      done(status);
+    } catch (const std::exception& e) {
+      spdlog::error("kafka: a publish callback threw: {}", e.what());
+    } catch (...) {
+      spdlog::error("kafka: a publish callback threw");
+    }
+  }
+  void release() noexcept {
+    if (refs.fetch_sub(1) == 1) delete this;
+  }
+};
+
+Producer::Producer(const Options& options) : options_(options), errors_("producer " + options.masked_url, this) {
+  ConfPtr conf = options_.producer_conf();
+  install_callbacks(conf.get(), &errors_);
+  rd_kafka_conf_set_dr_msg_cb(conf.get(), &Producer::on_delivery);
+  char errstr[512] = {0};
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), errstr, sizeof errstr);
+  if (!rk)
+    throw Error(Errc::invalid_argument, "cannot configure the Kafka producer for " + options_.masked_url + ": " + errstr);
+  conf.release();  // rd_kafka_new took it
+  handle_.reset(rk);
+  poller_ = std::thread([this] {
+    name_thread("ferry-kafka-dr");
+    while (!stop_poller_) rd_kafka_poll(handle_.get(), 100);
+  });
+}
+
+Producer::~Producer() { close(); }
+
+void Producer::on_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void* opaque) {
+  auto* self = static_cast<Producer*>(static_cast<ErrorLog*>(opaque)->owner());
+  auto* batch = static_cast<Batch*>(message->_private);
+  if (batch) {
+    if (message->err) {
+      std::string topic = message->rkt ? rd_kafka_topic_name(message->rkt) : std::string("?");
+      batch->complete(self->failure_for(topic, message->err));
+    } else if (batch->remaining.fetch_sub(1) == 1) {
+      batch->complete(Status::success());
+    }
+    batch->release();
+  }
+  if (self->space_waiters_ > 0) self->space_cv_.notify_all();
+}
+
+Status Producer::failure_for(const std::string& topic, rd_kafka_resp_err_t err) const {
+  Errc code = errc_for(err);
+  std::string text;
+  switch (code) {
+    case Errc::timeout:
+      text = "publish to '" + topic + "' was not confirmed within " + std::to_string(options_.publish_timeout.count()) +
+             " ms (" + rd_kafka_err2str(err) + ")" + errors_.suffix() + "; is Kafka reachable at " +
+             options_.bootstrap + "?";
+      break;
+    case Errc::closed:
+      text = "publish to '" + topic + "' was abandoned: the kafka broker " + options_.masked_url +
+             " was closed before Kafka confirmed it";
+      break;
+    case Errc::invalid_argument:
+      text = "publish to '" + topic + "' was refused: " + rd_kafka_err2str(err) +
+             " (for large messages raise message.max.bytes in the URL and the topic's max.message.bytes)";
+      break;
+    default:
+      if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        char why[512] = {0};
+        rd_kafka_fatal_error(handle_.get(), why, sizeof why);
+        text = "publish to '" + topic + "' failed: the Kafka producer hit a fatal error: " + why;
+      } else {
+        text = "publish to '" + topic + "' failed: " + rd_kafka_err2str(err) + errors_.suffix();
+      }
+  }
+  return {code, text};
+}
+
+void Producer::publish(const std::string& topic, std::vector<Message> messages, PublishCallback done, bool internal) {
+  if (!valid_name(topic))
+    throw Error(Errc::invalid_argument,
+                "topic '" + topic + "' is not valid: use 1 to 200 characters from A-Z a-z 0-9 . _ -");
+  for (auto& m : messages) stamp(m);
+  auto fail = [&](const Status& s) {
+    if (done) done(s);
+  };
+  auto closed_status = [&] {
+    return Status{Errc::closed, "publish to '" + topic + "' after the kafka broker " + options_.masked_url +
+                                    " was closed"};
+  };
+  if (closed_ || (!internal && publisher_closed_)) return fail(closed_status());
+  if (messages.empty()) return fail(Status::success());
+  if (Status s = ensure_topic(topic); !s.ok()) return fail(s);
+
+  std::shared_lock gate(gate_);
+  if (closed_ || (!internal && publisher_closed_)) return fail(closed_status());
+  auto* batch = new Batch;
+  batch->done = std::move(done);
+  batch->remaining = messages.size();
+  const auto deadline = SteadyClock::now() + options_.publish_timeout;
+  for (const auto& m : messages) {
+    HeadersPtr headers(rd_kafka_headers_new(m.headers.size() + 1));
+    rd_kafka_header_add(headers.get(), kIdHeader, -1, m.id.data(), static_cast<ssize_t>(m.id.size()));
+    for (const auto& [name, value] : m.headers)
+      rd_kafka_header_add(headers.get(), name.data(), static_cast<ssize_t>(name.size()), value.data(),
+                          static_cast<ssize_t>(value.size()));
+    const void* key = m.key ? m.key->data() : nullptr;
+    const std::size_t key_len = m.key ? m.key->size() : 0;
+    Status failure;
+    while (true) {
+      batch->refs.fetch_add(1);
+      rd_kafka_resp_err_t err = rd_kafka_producev(
+          handle_.get(), RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_KEY(key, key_len),
+          RD_KAFKA_V_VALUE(const_cast<char*>(m.payload.data()), m.payload.size()),
+          RD_KAFKA_V_HEADERS(headers.get()), RD_KAFKA_V_TIMESTAMP(to_unix_ms(m.timestamp)),
+          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(batch), RD_KAFKA_V_END);
+      if (!err) {
+        headers.release();  // librdkafka owns them now
+        break;
+      }
+      batch->refs.fetch_sub(1);
+      if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !closed_ && SteadyClock::now() < deadline) {
+        ++space_waiters_;
+        {
+          std::unique_lock lock(space_mutex_);
+          space_cv_.wait_for(lock, std::min(Ms{10}, Ms{ms_left(deadline) + 1}));
+        }
+        --space_waiters_;
+        continue;
+      }
+      if (closed_) failure = closed_status();
+      else if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+        failure = {Errc::timeout, "publish to '" + topic + "' timed out after " +
+                                      std::to_string(options_.publish_timeout.count()) +
+                                      " ms waiting for room in the producer queue (" +
+                                      std::to_string(rd_kafka_outq_len(handle_.get())) +
+                                      " messages unconfirmed)" + errors_.suffix()};
+      else failure = failure_for(topic, err);
+      break;
+    }
+    if (!failure.ok()) {
+      batch->complete(failure);
+      break;
+    }
+  }
+  batch->release();
+}
+
+Status Producer::ensure_topic(const std::string& topic) {
+  if (options_.create_topics == TopicCreation::off) return {};
+  std::promise<Status> promise;
+  std::shared_future<Status> future;
+  bool mine = false;
+  {
+    std::lock_guard lock(topics_mutex_);
+    auto it = topics_.find(topic);
+    if (it != topics_.end()) {
+      future = it->second;
+    } else {
+      future = promise.get_future().share();
+      topics_.emplace(topic, future);
+      mine = true;
+    }
+  }
+  if (!mine) return future.get();
+  Status s;
+  try {
+    s = options_.create_topics == TopicCreation::admin ? create_topic(topic)
+                                                       : wait_visible(topic, options_.admin_timeout, false);
+  } catch (const std::exception& e) {
+    s = {Errc::internal, e.what()};
+  }
+  if (!s.ok()) {
+    std::lock_guard lock(topics_mutex_);
+    topics_.erase(topic);  // the next publish tries again
+  }
+  promise.set_value(s);
+  return s;
+}
+
+Status Producer::create_topic(const std::string& topic) {
+  char errstr[512] = {0};
+  NewTopicPtr new_topic(
+      rd_kafka_NewTopic_new(topic.c_str(), options_.partitions, options_.replication, errstr, sizeof errstr));
+  if (!new_topic) return {Errc::invalid_argument, "cannot create topic '" + topic + "': " + errstr};
+  AdminOptionsPtr admin(rd_kafka_AdminOptions_new(handle_.get(), RD_KAFKA_ADMIN_OP_CREATETOPICS));
+  const int timeout = static_cast<int>(options_.admin_timeout.count());
+  rd_kafka_AdminOptions_set_request_timeout(admin.get(), timeout, errstr, sizeof errstr);
+  rd_kafka_AdminOptions_set_operation_timeout(admin.get(), timeout, errstr, sizeof errstr);
+  QueuePtr queue(rd_kafka_queue_new(handle_.get()));
+  rd_kafka_NewTopic_t* topics[] = {new_topic.get()};
+  rd_kafka_CreateTopics(handle_.get(), topics, 1, admin.get(), queue.get());
+  EventPtr event(rd_kafka_queue_poll(queue.get(), timeout + 2000));
+  rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+  std::string why = "no answer";
+  if (event) {
+    err = rd_kafka_event_error(event.get());
+    why = err ? rd_kafka_event_error_string(event.get()) : "";
+    if (!err) {
+      const rd_kafka_CreateTopics_result_t* result = rd_kafka_event_CreateTopics_result(event.get());
+      std::size_t count = 0;
+      const rd_kafka_topic_result_t** results = rd_kafka_CreateTopics_result_topics(result, &count);
+      if (count == 1) {
+        err = rd_kafka_topic_result_error(results[0]);
+        const char* text = rd_kafka_topic_result_error_string(results[0]);
+        why = text ? text : rd_kafka_err2str(err);
+      }
+    }
+  }
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR || err == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+    return wait_visible(topic, options_.admin_timeout, false);
+  // Not allowed to create it, or no answer: perhaps it exists anyway.
+  if (wait_visible(topic, Ms{0}, true).ok()) return {};
+  std::string hint;
+  if (why.find("controller") != std::string::npos)
+    hint = " (librdkafka's mock cluster cannot create topics this way: add create_topics=auto to the URL)";
+  else if (err == RD_KAFKA_RESP_ERR_INVALID_REPLICATION_FACTOR)
+    hint = " (replication=" + std::to_string(options_.replication) + " exceeds the brokers available?)";
+  Errc code = errc_for(err);
+  if (code == Errc::ok) code = Errc::unavailable;
+  return {code, "cannot create topic '" + topic + "' with " + std::to_string(options_.partitions) +
+                    " partitions on " + options_.masked_url + ": " + why + hint + errors_.suffix()};
+}
+
+Status Producer::wait_visible(const std::string& topic, Ms timeout, bool once) {
+  const auto deadline = SteadyClock::now() + timeout;
+  TopicPtr handle(rd_kafka_topic_new(handle_.get(), topic.c_str(), nullptr));
+  std::string last = "no answer";
+  while (true) {
+    const rd_kafka_metadata_t* raw = nullptr;
+    const int wait = std::max(once ? 2000 : 500, std::min(ms_left(deadline), 2000));
+    rd_kafka_resp_err_t err = rd_kafka_metadata(handle_.get(), 0, handle.get(), &raw, wait);
+    if (!err) {
+      MetadataPtr metadata(raw);
+      if (metadata->topic_cnt == 1) {
+        const auto& t = metadata->topics[0];
+        bool leaders = t.partition_cnt > 0 &&
+                       std::all_of(t.partitions, t.partitions + t.partition_cnt,
+                                   [](const rd_kafka_metadata_partition_t& p) { return p.leader >= 0; });
+        if (!t.err && leaders) return {};
+        last = t.err ? rd_kafka_err2str(t.err) : "partitions without a leader";
+      }
+    } else {
+      last = rd_kafka_err2str(err);
+    }
+    if (once || SteadyClock::now() >= deadline || closed_) break;
+    std::this_thread::sleep_for(Ms{100});
+  }
+  return {Errc::unavailable, "topic '" + topic + "' is not available on " + options_.masked_url + ": " + last +
+                                 errors_.suffix() +
+                                 (options_.create_topics == TopicCreation::auto_create
+                                      ? " (create_topics=auto relies on the broker's auto.create.topics.enable)"
+                                      : "")};
+}
+
+Status Producer::ping(Ms timeout) {
+  if (closed_) return {Errc::closed, "the kafka broker " + options_.masked_url + " is closed"};
+  const rd_kafka_metadata_t* raw = nullptr;
+  rd_kafka_resp_err_t err = rd_kafka_metadata(handle_.get(), 0, nullptr, &raw, static_cast<int>(timeout.count()));
+  if (err)
+    return {Errc::unavailable, "Kafka at " + options_.bootstrap + " did not answer a metadata request within " +
+                                   std::to_string(timeout.count()) + " ms (" + rd_kafka_err2str(err) + ")" +
+                                   errors_.suffix()};
+  MetadataPtr metadata(raw);
+  if (metadata->broker_cnt == 0) return {Errc::unavailable, "Kafka at " + options_.bootstrap + " lists no brokers"};
+  return {};
+}
+
+void Producer::close_publisher() {
+  publisher_closed_ = true;
+  space_cv_.notify_all();
+  { std::unique_lock barrier(gate_); }
+  if (!closed_) rd_kafka_flush(handle_.get(), static_cast<int>(options_.publish_timeout.count()));
+}
+
+void Producer::flush_and_purge() {
+  rd_kafka_flush(handle_.get(), static_cast<int>(options_.publish_timeout.count()));
+  if (rd_kafka_outq_len(handle_.get()) > 0) {
+    spdlog::warn("kafka {}: {} messages still unconfirmed after {} ms; failing them", options_.masked_url,
+                 rd_kafka_outq_len(handle_.get()), options_.publish_timeout.count());
+    rd_kafka_purge(handle_.get(), RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_flush(handle_.get(), 2000);
+  }
+}
+
+void Producer::close() {
+  std::lock_guard lock(close_mutex_);
+  if (shut_down_) return;
+  shut_down_ = true;
+  closed_ = true;
+  publisher_closed_ = true;
+  space_cv_.notify_all();
+  { std::unique_lock barrier(gate_); }
+  flush_and_purge();
+  stop_poller_ = true;
+  if (poller_.joinable()) poller_.join();
+  rd_kafka_poll(handle_.get(), 0);
+}
+
+}  // namespace ferry::kafka::detail

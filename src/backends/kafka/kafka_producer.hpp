@@ -1,0 +1,81 @@
+#pragma once
+// The producer one kafka:// Broker shares between its Publisher and the dead-lettering of
+// its subscribers: one rd_kafka_t (idempotent, acks=all) and a poller thread that serves
+// delivery reports. Thread-safe.
+
+#include <atomic>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "ferry/publisher.hpp"
+#include "kafka_common.hpp"
+#include "kafka_options.hpp"
+
+namespace ferry::kafka::detail {
+
+class Producer {
+ public:
+  // Creates the rd_kafka_t and starts the poller. Throws Error(invalid_argument) for a
+  // configuration librdkafka refuses.
+  explicit Producer(const Options& options);
+  ~Producer();
+  Producer(const Producer&) = delete;
+  Producer& operator=(const Producer&) = delete;
+
+  // Stamps and publishes; `done` runs once (on the poller thread, or on the caller's
+  // thread for a failure known at once). Throws Error(invalid_argument) for an invalid
+  // topic name. `internal` publishes (dead letters) still work after close_publisher().
+  void publish(const std::string& topic, std::vector<Message> messages, PublishCallback done, bool internal = false);
+
+  // Makes sure the topic exists (see create_topics), once per topic and process handle.
+  Status ensure_topic(const std::string& topic);
+  // A metadata request to the cluster.
+  Status ping(Ms timeout);
+
+  // Later publishes (but internal ones) fail with Errc::closed; waits until every
+  // publish already started is confirmed or failed (at most publish_timeout).
+  void close_publisher();
+  // Every publish fails with Errc::closed from here; flushes what is queued for at most
+  // publish_timeout, fails the rest with Errc::closed, stops the poller. Idempotent.
+  void close();
+  bool closed() const noexcept { return closed_; }
+
+  rd_kafka_t* handle() const noexcept { return handle_.get(); }
+  const Options& options() const noexcept { return options_; }
+  std::string last_error() const { return errors_.suffix(); }
+
+ private:
+  struct Batch;
+  static void on_delivery(rd_kafka_t* rk, const rd_kafka_message_t* message, void* opaque);
+  Status create_topic(const std::string& topic);
+  Status wait_visible(const std::string& topic, Ms timeout, bool once);
+  Status failure_for(const std::string& topic, rd_kafka_resp_err_t err) const;
+  void flush_and_purge();
+
+  Options options_;
+  ErrorLog errors_;
+  HandlePtr handle_;
+  std::thread poller_;
+  std::atomic<bool> stop_poller_{false};
+  std::atomic<bool> publisher_closed_{false};
+  std::atomic<bool> closed_{false};
+  std::shared_mutex gate_;  // shared while producing; exclusive to wait them out on close
+
+  std::mutex space_mutex_;
+  std::condition_variable space_cv_;
+  std::atomic<int> space_waiters_{0};
+
+  std::mutex topics_mutex_;
+  std::unordered_map<std::string, std::shared_future<Status>> topics_;
+
+  std::mutex close_mutex_;
+  bool shut_down_ = false;
+};
+
+}  // namespace ferry::kafka::detail
