@@ -3,11 +3,16 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <pthread.h>
+#include <signal.h>
+
+#include <cctype>
 #include <iostream>
 
 #include "backends.hpp"
 #include "bench.hpp"
 #include "commands.hpp"
+#include "ferry/backends/kafka.hpp"
 #include "ferry/error.hpp"
 #include "tools.hpp"
 
@@ -21,6 +26,49 @@ int exit_code_for(ferry::Errc code) {
     case ferry::Errc::bad_url:
     case ferry::Errc::unknown_scheme: return 2;
     default: return 1;
+  }
+}
+
+// `ferry dev kafka`: librdkafka's mock cluster on loopback until SIGINT or SIGTERM.
+int run_dev_kafka(int brokers) {
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);  // before the cluster's threads start
+  ferry::kafka::MockCluster cluster(brokers);
+  std::cout << "bootstrap: " << cluster.bootstrap() << "\n"
+            << "broker URL: " << cluster.url() << "\n"
+            << "librdkafka's mock Kafka cluster with " << brokers
+            << " brokers, in memory; Ctrl-C stops it. Try: ferry serve --broker '" << cluster.url() << "'"
+            << std::endl;
+  int signal_number = 0;
+  sigwait(&stop, &signal_number);
+  std::cout << "stopping the mock cluster" << std::endl;
+  return 0;
+}
+
+// Appends each --kafka-prop KEY=VALUE to the query of a kafka:// URL (also "NAME=kafka://...").
+void add_kafka_properties(std::string& url, const std::vector<std::string>& properties) {
+  if (properties.empty() || url.find("kafka://") == std::string::npos) return;
+  auto escape = [](const std::string& text) {
+    std::string out;
+    for (unsigned char c : text) {
+      if (std::isalnum(c) || c == '.' || c == '_' || c == '-' || c == '~' || c == '/' || c == ':' || c == ',') {
+        out.push_back(static_cast<char>(c));
+      } else {
+        const char* hex = "0123456789ABCDEF";
+        out += {'%', hex[c >> 4], hex[c & 15]};
+      }
+    }
+    return out;
+  };
+  for (const auto& property : properties) {
+    auto eq = property.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw ferry::Error(ferry::Errc::invalid_argument, "--kafka-prop '" + property + "' is not KEY=VALUE");
+    url += url.find('?') == std::string::npos ? '?' : '&';
+    url += escape(property.substr(0, eq)) + "=" + escape(property.substr(eq + 1));
   }
 }
 
@@ -132,6 +180,21 @@ int main(int argc, char** argv) {
     };
   });
 
+  // dev kafka
+  int dev_brokers = 3;
+  auto* dev = app.add_subcommand("dev", "run a broker for trying ferry out");
+  dev->require_subcommand(1);
+  auto* dev_kafka = dev->add_subcommand("kafka", "run librdkafka's mock Kafka cluster on loopback until Ctrl-C");
+  dev_kafka->add_option("--brokers", dev_brokers, "number of brokers")->check(CLI::Range(1, 16))->capture_default_str();
+  dev_kafka->callback([&] { action = [&] { return run_dev_kafka(dev_brokers); }; });
+
+  // --kafka-prop on every command that opens a broker
+  std::vector<std::string> kafka_properties;
+  for (auto* cmd : {serve, consume, publish, tail, stats, dlq_list, dlq_replay, dlq_purge, bench})
+    cmd->add_option("--kafka-prop", kafka_properties,
+                    "librdkafka property KEY=VALUE for kafka:// brokers (repeatable), e.g. sasl.mechanisms=SCRAM-SHA-512")
+        ->allow_extra_args(false);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -150,6 +213,10 @@ int main(int argc, char** argv) {
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e%z %^%l%$ %v");
   ferry::cli::register_backends();
   try {
+    for (auto* url : {&publish_args.broker, &tail_args.broker, &stats_broker, &dlq_args.broker, &bench_config.broker})
+      add_kafka_properties(*url, kafka_properties);
+    for (auto& url : serve_args.brokers) add_kafka_properties(url, kafka_properties);
+    for (auto& url : consume_args.brokers) add_kafka_properties(url, kafka_properties);
     return action ? action() : 2;
   } catch (const ferry::Error& e) {
     std::cerr << "ferry: " << e.what() << "\n";
