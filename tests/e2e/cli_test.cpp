@@ -29,7 +29,7 @@ TEST(Cli, BadArgumentsExitTwoWithOneLine) {
   const std::vector<std::vector<std::string>> cases = {
       {"serve", "--bogus"},
       {"serve", "--broker", "nope://somewhere"},
-      {"serve", "--broker", "kafka://user:hunter2@localhost:9092"},
+      {"serve", "--broker", "nosuchscheme://user:hunter2@localhost:9092"},
       {"serve", "--listen", "localhost"},
       {"serve", "--listen", "127.0.0.1:99999"},
       {"serve", "--threads", "many"},
