@@ -305,6 +305,32 @@ TEST_F(OrderService, BrokerThatCannotWriteGets503WithRetryAfter) {
   EXPECT_EQ(p->wait_exit(15s), 0);
 }
 
+TEST_F(OrderService, UnreadableEventsGoToTheDeadLetterTopicWithTheReason) {
+  std::string cwd = dir_.path().string();
+  auto sent = run_ferry({"publish", "--broker", broker_url(), "-t", "orders", "not json at all",
+                         R"({"schema_version":9,"order_id":"o-9"})"},
+                        cwd);
+  ASSERT_EQ(sent.exit_code, 0) << sent.output;
+  auto consumer = start("consume");
+  auto rejections = [&] {
+    auto log = consumer->log();
+    std::size_t n = 0;
+    for (auto at = log.find("rejected to the dead-letter topic"); at != std::string::npos;
+         at = log.find("rejected to the dead-letter topic", at + 1))
+      ++n;
+    return n;
+  };
+  for (int i = 0; i < 300 && rejections() < 2; ++i) std::this_thread::sleep_for(50ms);
+  ASSERT_EQ(rejections(), 2u) << consumer->log();
+  consumer->signal(SIGTERM);
+  EXPECT_EQ(consumer->wait_exit(15s), 0);
+  EXPECT_EQ(parse_number(consumer->log(), R"(rejected ([0-9]+))"), 2u) << consumer->log();
+  auto dlq = run_ferry({"dlq", "list", "--broker", broker_url(), "-t", "orders.order-processor.dlq"}, cwd);
+  EXPECT_EQ(dlq.exit_code, 0) << dlq.output;
+  EXPECT_NE(dlq.output.find("not JSON"), std::string::npos) << dlq.output;
+  EXPECT_NE(dlq.output.find("unknown OrderCreated schema_version 9"), std::string::npos) << dlq.output;
+}
+
 TEST_F(OrderService, SigtermDuringLoadLosesNoAcceptedOrder) {
   auto [serve, port] = this->serve();
   ASSERT_NE(port, 0);
