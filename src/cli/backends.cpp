@@ -1,7 +1,6 @@
 #include "backends.hpp"
 
 #include "ferry/backends/amqp.hpp"
-#include "ferry/backends/kafka.hpp"
 #include "ferry/backends/memory.hpp"
 #include "ferry/backends/sqlite.hpp"
 
@@ -11,7 +10,6 @@ void register_backends() {
   memory::register_scheme();
   sqlite::register_scheme();
   amqp::register_scheme();
-  kafka::register_scheme();
 }
 
 }  // namespace ferry::cli

@@ -29,7 +29,6 @@ constexpr Ms kMinRetryGap{100};
 constexpr Ms kFirstBackoff{100};
 constexpr Ms kMaxBackoff{5000};
 constexpr Ms kIdlePoll{100};
-constexpr int kReadEvery = 128;  // messages sent between looks at incoming confirms
 
 void run_callback(const PublishCallback& done, const Status& status) noexcept {
   if (!done) return;
@@ -179,9 +178,10 @@ class PublisherLink {
       }
       answer_pings();
       if (connected()) send();
-      if (connected()) read();
       if (connected()) expire();
-      if (connected() && (sending_.empty() || unresolved_in_window_ >= options_->confirm_window)) wait_io();
+      // Read only when the socket has something or the wait timed out (heartbeats):
+      // an empty read costs system calls on every round.
+      if (connected() && wait_io()) read();
     }
     if (conn_) {
       conn_->close();
@@ -272,7 +272,6 @@ class PublisherLink {
   }
 
   void send() {
-    int since_read = 0;
     while (connected() && !sending_.empty() && unresolved_in_window_ < options_->confirm_window) {
       Batch& b = *sending_.front();
       if (b.finished) {
@@ -301,10 +300,6 @@ class PublisherLink {
       window_.push_back(Slot{sending_.front(), index, false, {}});
       ++unresolved_in_window_;
       if (++b.next == b.messages.size()) sending_.pop_front();
-      if (++since_read == kReadEvery) {
-        since_read = 0;
-        read();
-      }
     }
   }
 
@@ -476,22 +471,31 @@ class PublisherLink {
     }
   }
 
-  // Waits for the socket or a wake-up.
-  void wait_io() {
-    if (amqp_frames_enqueued(conn_->state()) || amqp_data_in_buffer(conn_->state())) return;
-    sleeping_.store(true);
+  // Waits for the socket or, if the window has room, for new work. True when there is
+  // something to read or the wait timed out.
+  bool wait_io() {
+    if (amqp_frames_enqueued(conn_->state()) || amqp_data_in_buffer(conn_->state())) return true;
+    const bool room = unresolved_in_window_ < options_->confirm_window;
+    if (room && !sending_.empty()) {
+      // More to send (a batch was just failed or dropped): only look at the socket.
+      pollfd fd{conn_->fd(), POLLIN, 0};
+      return poll(&fd, 1, 0) > 0;
+    }
+    // With a full window new work cannot be sent anyway: publishers need not wake us.
+    if (room) sleeping_.store(true);
     {
       std::lock_guard lock(mutex_);
-      if (!queue_.empty() || !pings_.empty() || stopping_ != stopping_seen_) {
+      if ((room && !queue_.empty()) || !pings_.empty() || stopping_ != stopping_seen_) {
         stopping_seen_ = stopping_;
         sleeping_.store(false);
-        return;
+        return false;
       }
     }
     pollfd fds[2] = {{conn_->fd(), POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    poll(fds, 2, static_cast<int>(kIdlePoll.count()));
+    int n = poll(fds, 2, static_cast<int>(kIdlePoll.count()));
     sleeping_.store(false);
-    drain_wake();
+    if (n > 0 && (fds[1].revents & POLLIN)) drain_wake();
+    return n == 0 || (fds[0].revents & (POLLIN | POLLHUP | POLLERR));
   }
 
   void wait_wake(Ms timeout) {
