@@ -1,6 +1,7 @@
 #include "backends.hpp"
 
 #include "ferry/backends/amqp.hpp"
+#include "ferry/backends/kafka.hpp"
 #include "ferry/backends/memory.hpp"
 #include "ferry/backends/sqlite.hpp"
 
@@ -10,6 +11,7 @@ void register_backends() {
   memory::register_scheme();
   sqlite::register_scheme();
   amqp::register_scheme();
+  kafka::register_scheme();
 }
 
 }  // namespace ferry::cli
