@@ -1,0 +1,451 @@
+// The io thread, one nsqd connection (handshake, heartbeats, framing) and a tiny HTTP
+// GET for nsqlookupd.
+
+#include <pthread.h>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "client.hpp"
+
+namespace ferry::nsq {
+
+namespace json = boost::json;
+
+// ---------------------------------------------------------------------------------------
+// Engine
+
+Engine::Engine(Options options) : options_(std::move(options)), work_(asio::make_work_guard(io_)) {
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "ferry-nsq-io");
+    while (true) {
+      try {
+        io_.run();
+        return;
+      } catch (const std::exception& e) {  // a handler threw: log it and keep serving the others
+        spdlog::error("nsq: an io handler threw: {}", e.what());
+      }
+    }
+  });
+}
+
+Engine::~Engine() {
+  stop();
+}
+
+void Engine::post(std::function<void()> fn) { asio::post(io_, std::move(fn)); }
+
+bool Engine::run(const std::function<void()>& fn) {
+  if (on_io_thread()) {
+    fn();
+    return true;
+  }
+  {
+    std::lock_guard lock(mutex_);
+    if (stopped_) return false;
+  }
+  auto done = std::make_shared<std::promise<void>>();
+  auto future = done->get_future();
+  asio::post(io_, [&fn, done] {
+    fn();
+    done->set_value();
+  });
+  while (future.wait_for(Ms{50}) != std::future_status::ready) {
+    std::lock_guard lock(mutex_);
+    if (stopped_) return false;
+  }
+  return true;
+}
+
+void Engine::stop() {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopped_) return;
+    stopped_ = true;
+  }
+  work_.reset();
+  io_.stop();
+  if (thread_.joinable()) {
+    if (thread_.get_id() == std::this_thread::get_id()) thread_.detach();
+    else thread_.join();
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Connection
+
+Connection::Connection(Engine& engine, const Options& options, Endpoint endpoint, Ms msg_timeout, std::string role)
+    : engine_(engine),
+      options_(options),
+      endpoint_(std::move(endpoint)),
+      msg_timeout_(msg_timeout),
+      role_(std::move(role)),
+      resolver_(engine.io()),
+      socket_(engine.io()),
+      deadline_(engine.io()),
+      liveness_(engine.io()),
+      reader_(options.max_frame_size()) {}
+
+Connection::~Connection() = default;
+
+std::string Connection::describe() const { return "nsqd " + endpoint_.str(); }
+
+void Connection::start(ReadyHandler ready, FrameHandler frame, ClosedHandler closed) {
+  on_ready_ = std::move(ready);
+  on_frame_ = std::move(frame);
+  on_closed_ = std::move(closed);
+  deadline_.expires_after(options_.connect_timeout);
+  deadline_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+    if (ec || self->state_ == State::ready || self->state_ == State::draining || self->state_ == State::closed) return;
+    self->fail({Errc::unavailable, "timed out after " + std::to_string(self->options_.connect_timeout.count()) +
+                                       "ms connecting to " + self->describe()});
+  });
+  resolver_.async_resolve(
+      endpoint_.host, std::to_string(endpoint_.port),
+      [self = shared_from_this()](const boost::system::error_code& ec, const tcp::resolver::results_type& results) {
+        if (self->state_ == State::closed) return;
+        if (ec) {
+          self->fail({Errc::unavailable, "cannot resolve " + self->endpoint_.host + ": " + ec.message()});
+          return;
+        }
+        asio::async_connect(self->socket_, results,
+                            [self](const boost::system::error_code& ec2, const tcp::endpoint&) {
+                              if (self->state_ == State::closed) return;
+                              if (ec2) {
+                                self->fail({Errc::unavailable,
+                                            "cannot connect to " + self->describe() + " (" + ec2.message() + ")"});
+                                return;
+                              }
+                              self->on_connected();
+                            });
+      });
+}
+
+void Connection::on_connected() {
+  boost::system::error_code ignored;
+  socket_.set_option(tcp::no_delay(true), ignored);
+  state_ = State::identifying;
+  json::object identify;
+  identify["client_id"] = options_.client_id;
+  identify["hostname"] = options_.hostname;
+  identify["user_agent"] = "ferry/" FERRY_NSQ_VERSION;
+  identify["feature_negotiation"] = true;
+  identify["heartbeat_interval"] = options_.heartbeat.count() > 0 ? options_.heartbeat.count() : -1;
+  // Flush buffered messages to consumers within 25 ms rather than nsqd's default 250 ms.
+  identify["output_buffer_timeout"] = 25;
+  if (msg_timeout_.count() > 0) identify["msg_timeout"] = msg_timeout_.count();
+  std::string hello(kMagicV2);
+  hello += encode_command("IDENTIFY", json::serialize(identify));
+  last_read_ = SteadyClock::now();
+  send(std::move(hello));
+  read();
+}
+
+void Connection::read() {
+  socket_.async_read_some(asio::buffer(read_buffer_), [self = shared_from_this()](const boost::system::error_code& ec,
+                                                                                  std::size_t n) {
+    if (self->state_ == State::closed) return;
+    if (ec) {
+      if (self->state_ == State::draining) self->close({});
+      else
+        self->fail({Errc::unavailable, "connection to " + self->describe() + " lost (" + ec.message() + ")"});
+      return;
+    }
+    self->on_read(n);
+  });
+}
+
+void Connection::on_read(std::size_t n) {
+  last_read_ = SteadyClock::now();
+  reader_.feed(std::string_view(read_buffer_.data(), n));
+  while (auto frame = reader_.next()) {
+    handle(*frame);
+    if (state_ == State::closed) return;
+  }
+  if (reader_.failed()) {
+    fail({Errc::protocol, describe() + " broke the NSQ protocol: " + reader_.error()});
+    return;
+  }
+  read();
+}
+
+void Connection::handle(Frame& frame) {
+  if (frame.type == FrameType::response && frame.data == kHeartbeat) {
+    send(encode_command("NOP"));
+    return;
+  }
+  if (state_ == State::identifying || state_ == State::authenticating) {
+    handshake_frame(frame);
+    return;
+  }
+  if (on_frame_) on_frame_(frame);
+}
+
+void Connection::handshake_frame(Frame& frame) {
+  if (frame.type == FrameType::error) {
+    fail({errc_for(frame.data), describe() + " refused " + (state_ == State::identifying ? "IDENTIFY" : "AUTH") +
+                                    ": " + frame.data});
+    return;
+  }
+  if (frame.type != FrameType::response) {
+    fail({Errc::protocol, describe() + " sent a message before the handshake finished"});
+    return;
+  }
+  if (state_ == State::identifying) {
+    if (frame.data != kOk) {
+      try {
+        auto value = json::parse(frame.data);
+        const auto& o = value.as_object();
+        if (auto* v = o.if_contains("max_rdy_count"); v && v->is_int64())
+          negotiated_.max_rdy_count = static_cast<int>(v->as_int64());
+        if (auto* v = o.if_contains("msg_timeout"); v && v->is_int64()) negotiated_.msg_timeout = Ms{v->as_int64()};
+        if (auto* v = o.if_contains("max_msg_timeout"); v && v->is_int64())
+          negotiated_.max_msg_timeout = Ms{v->as_int64()};
+        if (auto* v = o.if_contains("auth_required"); v && v->is_bool()) negotiated_.auth_required = v->as_bool();
+        if (auto* v = o.if_contains("version"); v && v->is_string()) negotiated_.version = std::string(v->as_string());
+        if (auto* v = o.if_contains("tls_v1"); v && v->is_bool() && v->as_bool()) {
+          fail({Errc::unavailable, describe() + " wants TLS, which ferry's NSQ client does not support"});
+          return;
+        }
+      } catch (const std::exception& e) {
+        fail({Errc::protocol, describe() + " answered IDENTIFY with neither OK nor JSON: " + e.what()});
+        return;
+      }
+    }
+    if (negotiated_.auth_required) {
+      if (options_.auth_secret.empty()) {
+        fail({Errc::unavailable, describe() + " requires AUTH; give the secret in the URL as auth_secret=..."});
+        return;
+      }
+      state_ = State::authenticating;
+      send(encode_command("AUTH", options_.auth_secret));
+      return;
+    }
+  }
+  // IDENTIFY without AUTH, or the AUTH answer: ready.
+  state_ = State::ready;
+  deadline_.cancel();
+  arm_liveness();
+  if (auto ready = std::move(on_ready_)) {
+    on_ready_ = nullptr;
+    ready({});
+  }
+}
+
+void Connection::arm_liveness() {
+  if (options_.heartbeat.count() <= 0) return;
+  liveness_.expires_after(options_.heartbeat);
+  liveness_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+    if (ec || self->state_ != State::ready) return;
+    const auto silent = SteadyClock::now() - self->last_read_;
+    if (silent > 2 * self->options_.heartbeat + Ms{1000}) {
+      self->fail({Errc::unavailable,
+                  self->describe() + " sent nothing, not even a heartbeat, for " +
+                      std::to_string(std::chrono::duration_cast<Ms>(silent).count()) + "ms; closing the connection"});
+      return;
+    }
+    self->arm_liveness();
+  });
+}
+
+void Connection::send(std::string bytes) {
+  if (state_ == State::closed || shutdown_after_write_) return;
+  if (pending_.empty()) pending_ = std::move(bytes);
+  else pending_ += bytes;
+  write();
+}
+
+void Connection::write() {
+  if (write_in_progress_ || state_ == State::closed || state_ == State::connecting) return;
+  if (pending_.empty()) {
+    if (shutdown_after_write_) {
+      boost::system::error_code ignored;
+      socket_.shutdown(tcp::socket::shutdown_send, ignored);
+    }
+    return;
+  }
+  writing_.swap(pending_);
+  pending_.clear();
+  write_in_progress_ = true;
+  asio::async_write(socket_, asio::buffer(writing_),
+                    [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+                      self->write_in_progress_ = false;
+                      if (self->state_ == State::closed) return;
+                      if (ec) {
+                        self->fail({Errc::unavailable,
+                                    "writing to " + self->describe() + " failed (" + ec.message() + ")"});
+                        return;
+                      }
+                      if (self->writing_.capacity() > (1u << 20)) std::string().swap(self->writing_);
+                      else self->writing_.clear();
+                      self->write();
+                    });
+}
+
+void Connection::close_gracefully() {
+  if (state_ == State::closed || state_ == State::draining) return;
+  if (state_ != State::ready) {
+    close({});
+    return;
+  }
+  state_ = State::draining;
+  shutdown_after_write_ = true;
+  liveness_.cancel();
+  deadline_.expires_after(Ms{2000});
+  deadline_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+    if (!ec) self->close({});
+  });
+  write();
+}
+
+void Connection::close(const Status& reason) { fail(reason); }
+
+void Connection::fail(const Status& reason) {
+  if (state_ == State::closed) return;
+  state_ = State::closed;
+  boost::system::error_code ignored;
+  deadline_.cancel();
+  liveness_.cancel();
+  resolver_.cancel();
+  socket_.close(ignored);
+  pending_.clear();
+  // Handlers run from the queue, never from inside the caller's own call into us.
+  if (auto ready = std::move(on_ready_)) {
+    on_ready_ = nullptr;
+    on_closed_ = nullptr;
+    on_frame_ = nullptr;
+    asio::post(engine_.io(), [ready = std::move(ready), reason] { ready(reason); });
+    return;
+  }
+  on_frame_ = nullptr;
+  if (auto closed = std::move(on_closed_)) {
+    on_closed_ = nullptr;
+    asio::post(engine_.io(), [closed = std::move(closed), reason] { closed(reason); });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP GET for nsqlookupd
+
+namespace {
+
+class HttpGet : public std::enable_shared_from_this<HttpGet> {
+ public:
+  HttpGet(Engine& engine, Endpoint endpoint, std::string target, Ms timeout,
+          std::function<void(const Status&, int, std::string)> done)
+      : endpoint_(std::move(endpoint)),
+        target_(std::move(target)),
+        timeout_(timeout),
+        resolver_(engine.io()),
+        socket_(engine.io()),
+        timer_(engine.io()),
+        done_(std::move(done)) {}
+
+  void start() {
+    timer_.expires_after(timeout_);
+    timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+      if (!ec) self->finish({Errc::timeout, "nsqlookupd " + self->endpoint_.str() + " did not answer within " +
+                                                std::to_string(self->timeout_.count()) + "ms"});
+    });
+    resolver_.async_resolve(endpoint_.host, std::to_string(endpoint_.port),
+                            [self = shared_from_this()](const boost::system::error_code& ec,
+                                                        const tcp::resolver::results_type& results) {
+                              if (ec) return self->finish({Errc::unavailable, "cannot resolve " + self->endpoint_.host});
+                              asio::async_connect(self->socket_, results,
+                                                  [self](const boost::system::error_code& ec2, const tcp::endpoint&) {
+                                                    if (ec2)
+                                                      return self->finish(
+                                                          {Errc::unavailable, "cannot connect to nsqlookupd " +
+                                                                                  self->endpoint_.str() + " (" +
+                                                                                  ec2.message() + ")"});
+                                                    self->send();
+                                                  });
+                            });
+  }
+
+ private:
+  void send() {
+    request_ = "GET " + target_ + " HTTP/1.0\r\nHost: " + endpoint_.str() +
+               "\r\nAccept: application/vnd.nsq; version=1.0\r\nUser-Agent: ferry/" FERRY_NSQ_VERSION "\r\n\r\n";
+    asio::async_write(socket_, asio::buffer(request_),
+                      [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+                        if (ec) return self->finish({Errc::unavailable, "writing to nsqlookupd failed"});
+                        self->read();
+                      });
+  }
+
+  void read() {
+    socket_.async_read_some(asio::buffer(buffer_), [self = shared_from_this()](const boost::system::error_code& ec,
+                                                                               std::size_t n) {
+      self->response_.append(self->buffer_.data(), n);
+      if (self->response_.size() > (8u << 20)) return self->finish({Errc::protocol, "nsqlookupd answer too large"});
+      if (ec == asio::error::eof) return self->finish({});
+      if (ec) return self->finish({Errc::unavailable, "reading from nsqlookupd failed (" + ec.message() + ")"});
+      self->read();
+    });
+  }
+
+  void finish(const Status& s) {
+    if (!done_) return;
+    auto done = std::move(done_);
+    done_ = nullptr;
+    timer_.cancel();
+    boost::system::error_code ignored;
+    socket_.close(ignored);
+    resolver_.cancel();
+    if (!s.ok()) return done(s, 0, {});
+    // "HTTP/1.x CODE reason\r\n" headers "\r\n\r\n" body
+    auto space = response_.find(' ');
+    auto split = response_.find("\r\n\r\n");
+    if (response_.compare(0, 5, "HTTP/") != 0 || space == std::string::npos || split == std::string::npos)
+      return done({Errc::protocol, "nsqlookupd " + endpoint_.str() + " sent something other than HTTP"}, 0, {});
+    int code = std::atoi(response_.c_str() + space + 1);
+    done({}, code, response_.substr(split + 4));
+  }
+
+  Endpoint endpoint_;
+  std::string target_;
+  Ms timeout_;
+  tcp::resolver resolver_;
+  tcp::socket socket_;
+  asio::steady_timer timer_;
+  std::function<void(const Status&, int, std::string)> done_;
+  std::string request_;
+  std::string response_;
+  std::array<char, 16384> buffer_{};
+};
+
+}  // namespace
+
+void http_get(Engine& engine, const Endpoint& endpoint, const std::string& target, Ms timeout,
+              std::function<void(const Status&, int, std::string)> done) {
+  std::make_shared<HttpGet>(engine, endpoint, target, timeout, std::move(done))->start();
+}
+
+std::vector<Endpoint> parse_producers(std::string_view text) {
+  std::vector<Endpoint> out;
+  try {
+    auto value = json::parse(text);
+    const json::object* o = &value.as_object();
+    if (auto* data = o->if_contains("data"); data && data->is_object()) o = &data->as_object();
+    const auto* producers = o->if_contains("producers");
+    if (!producers) return out;
+    for (const auto& p : producers->as_array()) {
+      const auto& po = p.as_object();
+      Endpoint e;
+      if (auto* a = po.if_contains("broadcast_address"); a && a->is_string()) e.host = std::string(a->as_string());
+      else if (auto* b = po.if_contains("address"); b && b->is_string()) e.host = std::string(b->as_string());
+      e.port = static_cast<int>(po.at("tcp_port").to_number<std::int64_t>());
+      if (!e.host.empty() && e.port > 0 && e.port < 65536) out.push_back(std::move(e));
+    }
+  } catch (const std::exception& e) {
+    throw Error(Errc::protocol, std::string("nsqlookupd answered with unexpected JSON: ") + e.what());
+  }
+  return out;
+}
+
+}  // namespace ferry::nsq
