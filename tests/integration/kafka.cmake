@@ -7,3 +7,22 @@
 target_link_libraries(ferry_conformance_tests PRIVATE ferry_kafka)
 target_link_libraries(ferry_unit_tests PRIVATE ferry_kafka)
 target_include_directories(ferry_unit_tests PRIVATE ${PROJECT_SOURCE_DIR}/src/backends/kafka)
+
+# Rebalance, broker down, interop with python3-kafka, and `ferry serve` on Kafka.
+add_executable(ferry_kafka_integration_tests
+  ${CMAKE_CURRENT_LIST_DIR}/kafka_support.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/kafka_rebalance_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/kafka_broker_down_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/kafka_interop_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/kafka_serve_test.cpp
+  ${PROJECT_SOURCE_DIR}/tests/e2e/e2e_support.cpp)
+target_include_directories(ferry_kafka_integration_tests PRIVATE ${PROJECT_SOURCE_DIR}/tests/e2e)
+target_link_libraries(ferry_kafka_integration_tests PRIVATE ferry_core ferry_kafka GTest::gtest_main
+                      SQLite::SQLite3 Boost::json Threads::Threads ferry_warnings)
+target_compile_definitions(ferry_kafka_integration_tests PRIVATE
+  FERRY_BINARY="$<TARGET_FILE:ferry>"
+  FERRY_KAFKA_PY_DIR="${CMAKE_CURRENT_LIST_DIR}/python"
+  BOOST_ASIO_NO_DEPRECATED)
+add_dependencies(ferry_kafka_integration_tests ferry)
+gtest_discover_tests(ferry_kafka_integration_tests DISCOVERY_TIMEOUT 60
+                     PROPERTIES LABELS "integration;kafka" TIMEOUT 180)

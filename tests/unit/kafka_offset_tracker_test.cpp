@@ -113,6 +113,23 @@ TEST(KafkaCarried, MetadataStaysWithinItsLimitDroppingTheHighestOffsets) {
   EXPECT_EQ(back.lookup(1998), 0) << "the highest offsets are the ones left out";
 }
 
+TEST(KafkaCarried, OwnMemoryCoversEverythingSettledSinceTheStart) {
+  // A member remembers what it settled since its assignment began, in case the commit it
+  // made when the partition was revoked failed and the partition comes back to it at the
+  // older committed offset.
+  OffsetTracker t(50);
+  for (std::int64_t o = 50; o < 60; ++o) t.track(o);
+  for (std::int64_t o = 50; o < 55; ++o) t.done(o);
+  t.done(57);
+  Carried own = carried_state(t, {{55, 1}}, true);
+  EXPECT_EQ(t.start(), 50);
+  for (std::int64_t o = 50; o < 55; ++o) EXPECT_EQ(own.lookup(o), kDone) << o;
+  EXPECT_EQ(own.lookup(55), 1);
+  EXPECT_EQ(own.lookup(56), 0);
+  EXPECT_EQ(own.lookup(57), kDone);
+  EXPECT_EQ(carried_state(t, {{55, 1}}).lookup(50), 0) << "a commit carries nothing below itself";
+}
+
 TEST(KafkaCarried, RunsBelowTheCommittedOffsetAreLeftOut) {
   Carried c;
   c.add(5, 10, kDone);

@@ -657,7 +657,7 @@ void Member::on_revoke(rd_kafka_topic_partition_list_t* partitions) {
         }
         if (entry.token) tokens_.erase(entry.token);
       }
-      remembered_[id] = carried_state(p.tracker, deliveries);
+      remembered_[id] = carried_state(p.tracker, deliveries, true);
       entries_ -= p.entries.size();
       partitions_.erase(it);
     }

@@ -16,10 +16,12 @@ bool parse_int(std::string_view text, std::int64_t& out) {
 
 }  // namespace
 
-OffsetTracker::OffsetTracker(std::int64_t committed) : next_(committed >= 0 ? committed : -1) {}
+OffsetTracker::OffsetTracker(std::int64_t committed)
+    : next_(committed >= 0 ? committed : -1), start_(committed >= 0 ? committed : -1) {}
 
 bool OffsetTracker::track(std::int64_t offset) {
   if (offset < 0 || (next_ >= 0 && offset < next_)) return false;
+  if (start_ < 0) start_ = offset;
   pending_.insert(offset);
   next_ = offset + 1;
   return true;
@@ -65,10 +67,11 @@ std::vector<Carried::Run> Carried::runs() const {
   return out;
 }
 
-Carried carried_state(const OffsetTracker& tracker, const std::map<std::int64_t, int>& deliveries) {
+Carried carried_state(const OffsetTracker& tracker, const std::map<std::int64_t, int>& deliveries, bool from_start) {
   Carried out;
   auto from = tracker.committable();
   if (!from) return out;
+  if (from_start && tracker.start() >= 0 && tracker.start() < *from) out.add(tracker.start(), *from - tracker.start(), kDone);
   std::int64_t cursor = *from;
   for (std::int64_t p : tracker.pending_offsets()) {
     if (p > cursor) out.add(cursor, p - cursor, kDone);

@@ -34,12 +34,15 @@ class OffsetTracker {
   std::optional<std::int64_t> committable() const;
   // One past the highest offset tracked (or the committed offset); negative if unknown.
   std::int64_t next() const noexcept { return next_; }
+  // The committed offset it started from, or the first offset tracked; negative if unknown.
+  std::int64_t start() const noexcept { return start_; }
   std::size_t pending_count() const noexcept { return pending_.size(); }
   const std::set<std::int64_t>& pending_offsets() const noexcept { return pending_; }
 
  private:
   std::set<std::int64_t> pending_;
   std::int64_t next_ = -1;
+  std::int64_t start_ = -1;
 };
 
 // What a commit carries about offsets at or after the committed one: kDone for a settled
@@ -65,9 +68,12 @@ class Carried {
   std::map<std::int64_t, Run> runs_;  // by start
 };
 
-// The state a tracked partition hands on: settled offsets from committable() up to next(),
-// and the delivery counts (offset -> count) of pending offsets in `deliveries`.
-Carried carried_state(const OffsetTracker& tracker, const std::map<std::int64_t, int>& deliveries);
+// The state a tracked partition hands on: settled offsets from committable() (or, with
+// `from_start`, from start(): for a member's own memory, in case the commit of
+// committable() failed) up to next(), and the delivery counts (offset -> count) of pending
+// offsets in `deliveries`.
+Carried carried_state(const OffsetTracker& tracker, const std::map<std::int64_t, int>& deliveries,
+                      bool from_start = false);
 
 // Commit metadata for `carried` relative to `committed`, e.g. "ferry:1|0~3:2,5:d": runs as
 // distance from `committed`, length and value. Runs that would take it past `max_bytes`
