@@ -179,6 +179,10 @@ void Producer::publish(const std::string& topic, std::vector<Message> messages, 
 
 Status Producer::ensure_topic(const std::string& topic) {
   if (options_.create_topics == TopicCreation::off) return {};
+  {
+    std::shared_lock lock(ready_mutex_);
+    if (ready_.count(topic)) return {};
+  }
   std::promise<Status> promise;
   std::shared_future<Status> future;
   bool mine = false;
@@ -201,9 +205,13 @@ Status Producer::ensure_topic(const std::string& topic) {
   } catch (const std::exception& e) {
     s = {Errc::internal, e.what()};
   }
-  if (!s.ok()) {
+  if (s.ok()) {
+    std::unique_lock lock(ready_mutex_);
+    ready_.insert(topic);
+  }
+  {
     std::lock_guard lock(topics_mutex_);
-    topics_.erase(topic);  // the next publish tries again
+    topics_.erase(topic);  // done, or failed: the next publish tries again
   }
   promise.set_value(s);
   return s;

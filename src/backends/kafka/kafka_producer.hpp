@@ -11,6 +11,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "ferry/publisher.hpp"
@@ -71,8 +72,10 @@ class Producer {
   std::condition_variable space_cv_;
   std::atomic<int> space_waiters_{0};
 
+  std::shared_mutex ready_mutex_;
+  std::unordered_set<std::string> ready_;  // topics known to exist: the fast path
   std::mutex topics_mutex_;
-  std::unordered_map<std::string, std::shared_future<Status>> topics_;
+  std::unordered_map<std::string, std::shared_future<Status>> topics_;  // being made sure of
 
   std::mutex close_mutex_;
   bool shut_down_ = false;
