@@ -5,10 +5,11 @@ include(CMakePackageConfigHelpers)
 set_target_properties(ferry_core PROPERTIES EXPORT_NAME core)
 set_target_properties(ferry_memory PROPERTIES EXPORT_NAME memory)
 set_target_properties(ferry_sqlite PROPERTIES EXPORT_NAME sqlite)
+set_target_properties(ferry_kafka PROPERTIES EXPORT_NAME kafka)
 set_target_properties(ferry_router PROPERTIES EXPORT_NAME router)
 
 install(DIRECTORY include/ferry DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(TARGETS ferry_core ferry_memory ferry_sqlite ferry_router
+install(TARGETS ferry_core ferry_memory ferry_sqlite ferry_kafka ferry_router
         EXPORT ferryTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
