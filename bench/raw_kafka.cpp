@@ -45,8 +45,10 @@ struct Counters {
 
 void on_delivery(rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
   auto* c = static_cast<Counters*>(opaque);
-  if (m->err) ++c->failed;
-  else ++c->delivered;
+  if (m->err)
+    ++c->failed;
+  else
+    ++c->delivered;
 }
 
 // The raw loop: one thread producing asynchronously, a poller serving delivery reports,
@@ -56,8 +58,8 @@ RawResult raw_publish(const std::string& bootstrap, const std::string& topic, st
   char errstr[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   const std::pair<const char*, const char*> settings[] = {
-      {"bootstrap.servers", bootstrap.c_str()}, {"enable.idempotence", "true"}, {"acks", "all"},
-      {"linger.ms", "5"}, {"partitioner", "murmur2_random"}, {"message.max.bytes", "4194304"}};
+      {"bootstrap.servers", bootstrap.c_str()}, {"enable.idempotence", "true"},  {"acks", "all"}, {"linger.ms", "5"},
+      {"partitioner", "murmur2_random"},        {"message.max.bytes", "4194304"}};
   for (const auto& [key, value] : settings)
     if (rd_kafka_conf_set(conf, key, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
       std::cerr << key << ": " << errstr << "\n";
@@ -94,13 +96,13 @@ RawResult raw_publish(const std::string& bootstrap, const std::string& topic, st
     }
     while (true) {
       rd_kafka_resp_err_t err =
-          headers ? rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()),
-                                      RD_KAFKA_V_VALUE(const_cast<char*>(payload.data()), payload.size()),
-                                      RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                      RD_KAFKA_V_END)
-                  : rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()),
-                                      RD_KAFKA_V_VALUE(const_cast<char*>(payload.data()), payload.size()),
-                                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+          headers
+              ? rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()),
+                                  RD_KAFKA_V_VALUE(const_cast<char*>(payload.data()), payload.size()),
+                                  RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END)
+              : rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()),
+                                  RD_KAFKA_V_VALUE(const_cast<char*>(payload.data()), payload.size()),
+                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
       if (!err) break;
       if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
         if (headers) rd_kafka_headers_destroy(headers);
@@ -137,12 +139,18 @@ int main(int argc, char** argv) {
   std::string bootstrap;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--messages") messages = arg_u64(i, argc, argv);
-    else if (a == "--size") size = arg_u64(i, argc, argv);
-    else if (a == "--rounds") rounds = std::max<std::uint64_t>(1, arg_u64(i, argc, argv));
-    else if (a == "--rate") rate = arg_u64(i, argc, argv);
-    else if (a == "--latency-messages") latency_messages = arg_u64(i, argc, argv);
-    else if (a == "--bootstrap" && i + 1 < argc) bootstrap = argv[++i];
+    if (a == "--messages")
+      messages = arg_u64(i, argc, argv);
+    else if (a == "--size")
+      size = arg_u64(i, argc, argv);
+    else if (a == "--rounds")
+      rounds = std::max<std::uint64_t>(1, arg_u64(i, argc, argv));
+    else if (a == "--rate")
+      rate = arg_u64(i, argc, argv);
+    else if (a == "--latency-messages")
+      latency_messages = arg_u64(i, argc, argv);
+    else if (a == "--bootstrap" && i + 1 < argc)
+      bootstrap = argv[++i];
     else {
       std::cerr << "usage: ferry_bench_raw_kafka [--messages N] [--size BYTES] [--rounds R] [--rate MSG_PER_S] "
                    "[--latency-messages N] [--bootstrap HOST:PORT,...]\n";
@@ -183,8 +191,8 @@ int main(int argc, char** argv) {
     ferry::bench::Result b = ferry::bench::run(config);
     std::cout << std::fixed << std::setprecision(0) << "round " << r + 1 << ": raw " << bare.msgs_per_s()
               << " msg/s, raw+headers " << headers.msgs_per_s() << " msg/s, ferry " << f.publish_msgs_per_s
-              << " msg/s, ferry batch 100 " << b.publish_msgs_per_s << " msg/s ("
-              << f.publish_errors + b.publish_errors << " errors)\n";
+              << " msg/s, ferry batch 100 " << b.publish_msgs_per_s << " msg/s (" << f.publish_errors + b.publish_errors
+              << " errors)\n";
     if (bare.msgs_per_s() > best_bare.msgs_per_s()) best_bare = bare;
     if (headers.msgs_per_s() > best_headers.msgs_per_s()) best_headers = headers;
     if (f.publish_msgs_per_s > best_ferry.publish_msgs_per_s) best_ferry = f;
@@ -193,10 +201,11 @@ int main(int argc, char** argv) {
   std::cout << std::fixed << std::setprecision(0) << "best: raw " << best_bare.msgs_per_s() << " msg/s, raw+headers "
             << best_headers.msgs_per_s() << " msg/s, ferry " << best_ferry.publish_msgs_per_s
             << " msg/s, ferry batch 100 " << best_batched.publish_msgs_per_s << " msg/s\n"
-            << std::setprecision(3) << "ratio ferry/raw+headers " << best_ferry.publish_msgs_per_s / best_headers.msgs_per_s()
+            << std::setprecision(3) << "ratio ferry/raw+headers "
+            << best_ferry.publish_msgs_per_s / best_headers.msgs_per_s()
             << " (batch 100: " << best_batched.publish_msgs_per_s / best_headers.msgs_per_s() << "), ferry/raw "
-            << best_ferry.publish_msgs_per_s / best_bare.msgs_per_s() << " (batch 100: "
-            << best_batched.publish_msgs_per_s / best_bare.msgs_per_s() << ")\n";
+            << best_ferry.publish_msgs_per_s / best_bare.msgs_per_s()
+            << " (batch 100: " << best_batched.publish_msgs_per_s / best_bare.msgs_per_s() << ")\n";
 
   if (latency_messages > 0 && rate > 0) {
     ferry::bench::Config config;

@@ -11,10 +11,11 @@
 // is opened again. In stress mode the cluster is shared by the parallel runs, so there the
 // hook only reopens the handle.
 
+#include "ferry/backends/kafka.hpp"
+
 #include <thread>
 
 #include "conformance.hpp"
-#include "ferry/backends/kafka.hpp"
 
 namespace {
 
@@ -23,7 +24,9 @@ ferry::kafka::MockCluster& cluster() {
   return instance;
 }
 
-std::string make_kafka_url() { return cluster().url() + "&admin_timeout=5s"; }
+std::string make_kafka_url() {
+  return cluster().url() + "&admin_timeout=5s";
+}
 
 std::shared_ptr<ferry::Broker> restart_kafka(std::shared_ptr<ferry::Broker> broker, const std::string& url) {
   broker->close();

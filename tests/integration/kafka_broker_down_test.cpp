@@ -33,7 +33,8 @@ TEST(KafkaBrokerDown, PublishesFailWithinTheirDeadlineAndRecover) {
   all_brokers(false);
   std::vector<std::future<Status>> pending;
   const auto started = SteadyClock::now();
-  for (int i = 0; i < 5; ++i) pending.push_back(broker->publisher().publish_future(topic, Message::with_payload("lost")));
+  for (int i = 0; i < 5; ++i)
+    pending.push_back(broker->publisher().publish_future(topic, Message::with_payload("lost")));
   for (auto& f : pending) {
     ASSERT_EQ(f.wait_for(deadline + 5s), std::future_status::ready) << "a publish hung while the brokers were down";
     Status s = f.get();

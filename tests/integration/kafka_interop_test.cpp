@@ -16,7 +16,9 @@ namespace {
 
 using namespace std::chrono_literals;
 
-std::string script(const std::string& name) { return std::string(FERRY_KAFKA_PY_DIR) + "/" + name; }
+std::string script(const std::string& name) {
+  return std::string(FERRY_KAFKA_PY_DIR) + "/" + name;
+}
 
 std::string bytes_of(const boost::json::value& list) {
   std::string out;
@@ -74,10 +76,12 @@ TEST_F(KafkaInterop, PythonReadsWhatFerryPublishes) {
   }
   broker->publisher().publish_batch(topic, messages);
   // The python producer writes the same keys to the same topic, for the placement check.
-  ProcessRun produced = run(python_ + " " + script("kafka_produce.py") + " " + cluster().bootstrap() + " " + topic + " 6", 60s);
+  ProcessRun produced =
+      run(python_ + " " + script("kafka_produce.py") + " " + cluster().bootstrap() + " " + topic + " 6", 60s);
   ASSERT_EQ(produced.exit_code, 0) << produced.output;
 
-  ProcessRun r = run(python_ + " " + script("kafka_consume.py") + " " + cluster().bootstrap() + " " + topic + " 12 30", 60s);
+  ProcessRun r =
+      run(python_ + " " + script("kafka_consume.py") + " " + cluster().bootstrap() + " " + topic + " 12 30", 60s);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto records = parse_records(r.output);
   ASSERT_EQ(records.size(), 12u) << r.output;
@@ -110,7 +114,8 @@ TEST_F(KafkaInterop, FerryConsumesWhatPythonPublishes) {
   const std::string topic = unique("from-python");
   auto broker = Broker::open(url());
   auto sub = broker->subscribe({.topic = topic, .group = unique("g")});
-  ProcessRun produced = run(python_ + " " + script("kafka_produce.py") + " " + cluster().bootstrap() + " " + topic + " 5", 60s);
+  ProcessRun produced =
+      run(python_ + " " + script("kafka_produce.py") + " " + cluster().bootstrap() + " " + topic + " 5", 60s);
   ASSERT_EQ(produced.exit_code, 0) << produced.output;
 
   std::map<std::string, Message> got;

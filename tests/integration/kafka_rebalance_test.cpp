@@ -22,7 +22,8 @@ using SteadyClock = std::chrono::steady_clock;
 // Receives and acks on its own thread, recording what it processed.
 class Worker {
  public:
-  Worker(std::shared_ptr<Broker> broker, const std::string& topic, const std::string& group) : broker_(std::move(broker)) {
+  Worker(std::shared_ptr<Broker> broker, const std::string& topic, const std::string& group)
+      : broker_(std::move(broker)) {
     sub_ = broker_->subscribe({.topic = topic, .group = group, .prefetch = 32});
     thread_ = std::thread([this] {
       while (!stop_) {
@@ -140,8 +141,8 @@ TEST(KafkaRebalance, SecondMemberJoinsFirstLeavesNothingLost) {
   EXPECT_GT(second->count(), second_before) << "the second member took over nothing";
   RecordProperty("messages", static_cast<int>(want.size()));
   RecordProperty("duplicates", static_cast<int>(duplicates));
-  std::cout << want.size() << " messages; first member " << a.size() << ", second " << b.size() << ", "
-            << duplicates << " processed twice (redelivered after a rebalance)\n";
+  std::cout << want.size() << " messages; first member " << a.size() << ", second " << b.size() << ", " << duplicates
+            << " processed twice (redelivered after a rebalance)\n";
   second->leave();
   producer->close();
 }

@@ -17,7 +17,9 @@ inline MockCluster& cluster() {
 }
 
 // A URL for the shared cluster with ferry and librdkafka options appended ("&k=v...").
-inline std::string url(const std::string& extra = {}) { return cluster().url() + extra; }
+inline std::string url(const std::string& extra = {}) {
+  return cluster().url() + extra;
+}
 
 // "topic-<n>-<random>": unique within and across runs.
 std::string unique(const std::string& stem);

@@ -55,13 +55,13 @@ class KafkaBroker : public Broker {
 
   Capabilities capabilities() const override {
     Capabilities c;
-    c.per_key_order = true;               // client-side: one unsettled message per key
-    c.native_delay = false;               // nack delays are held in the member's memory
-    c.native_dead_letter = false;         // ferry publishes the dead letter, then commits
-    c.persistent = true;                  // acks=all to the brokers' logs
-    c.multi_process_groups = true;        // Kafka consumer groups
-    c.late_group_sees_history = true;     // auto.offset.reset=earliest
-    c.redelivers_on_close = true;         // to the member's other subscribers at once; to the group on leave
+    c.per_key_order = true;            // client-side: one unsettled message per key
+    c.native_delay = false;            // nack delays are held in the member's memory
+    c.native_dead_letter = false;      // ferry publishes the dead letter, then commits
+    c.persistent = true;               // acks=all to the brokers' logs
+    c.multi_process_groups = true;     // Kafka consumer groups
+    c.late_group_sees_history = true;  // auto.offset.reset=earliest
+    c.redelivers_on_close = true;      // to the member's other subscribers at once; to the group on leave
     return c;
   }
 
@@ -181,9 +181,8 @@ class KafkaBroker : public Broker {
 }  // namespace
 
 void register_scheme() {
-  Broker::register_scheme("kafka", [](const Url& url) -> std::shared_ptr<Broker> {
-    return std::make_shared<KafkaBroker>(url);
-  });
+  Broker::register_scheme("kafka",
+                          [](const Url& url) -> std::shared_ptr<Broker> { return std::make_shared<KafkaBroker>(url); });
 }
 
 }  // namespace ferry::kafka

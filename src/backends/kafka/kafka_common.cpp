@@ -52,27 +52,35 @@ void install_callbacks(rd_kafka_conf_t* conf, ErrorLog* log) {
 
 Errc errc_for(rd_kafka_resp_err_t err) noexcept {
   switch (err) {
-    case RD_KAFKA_RESP_ERR_NO_ERROR: return Errc::ok;
+    case RD_KAFKA_RESP_ERR_NO_ERROR:
+      return Errc::ok;
     case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
     case RD_KAFKA_RESP_ERR__TIMED_OUT:
     case RD_KAFKA_RESP_ERR__QUEUE_FULL:
-    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT: return Errc::timeout;
+    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+      return Errc::timeout;
     case RD_KAFKA_RESP_ERR__PURGE_QUEUE:
     case RD_KAFKA_RESP_ERR__PURGE_INFLIGHT:
-    case RD_KAFKA_RESP_ERR__DESTROY: return Errc::closed;
+    case RD_KAFKA_RESP_ERR__DESTROY:
+      return Errc::closed;
     case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
     case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
     case RD_KAFKA_RESP_ERR_INVALID_PARTITIONS:
     case RD_KAFKA_RESP_ERR_INVALID_REPLICATION_FACTOR:
     case RD_KAFKA_RESP_ERR__INVALID_ARG:
-    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE: return Errc::invalid_argument;
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+      return Errc::invalid_argument;
     case RD_KAFKA_RESP_ERR__BAD_MSG:
     case RD_KAFKA_RESP_ERR_INVALID_MSG:
-    case RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION: return Errc::protocol;
-    default: return Errc::unavailable;
+    case RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION:
+      return Errc::protocol;
+    default:
+      return Errc::unavailable;
   }
 }
 
-void name_thread(const char* name) noexcept { pthread_setname_np(pthread_self(), name); }
+void name_thread(const char* name) noexcept {
+  pthread_setname_np(pthread_self(), name);
+}
 
 }  // namespace ferry::kafka::detail

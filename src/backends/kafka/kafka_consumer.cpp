@@ -48,8 +48,10 @@ Message decode_record(const rd_kafka_message_t& record, const std::string& topic
     for (std::size_t i = 0; rd_kafka_header_get_all(headers, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR;
          ++i) {
       std::string text = value ? std::string(static_cast<const char*>(value), size) : std::string();
-      if (std::strcmp(name, kIdHeader) == 0) out.id = std::move(text);
-      else out.headers.insert_or_assign(name, std::move(text));
+      if (std::strcmp(name, kIdHeader) == 0)
+        out.id = std::move(text);
+      else
+        out.headers.insert_or_assign(name, std::move(text));
     }
   }
   if (out.id.empty())
@@ -94,15 +96,21 @@ Subscription::Subscription(std::shared_ptr<Member> member, SubscribeOptions opti
   dead_letter_topic_ = options_.effective_dead_letter_topic();
 }
 
-Subscription::~Subscription() { close(); }
+Subscription::~Subscription() {
+  close();
+}
 
-std::optional<Delivery> Subscription::receive(Ms timeout) { return member_->receive(*this, timeout); }
+std::optional<Delivery> Subscription::receive(Ms timeout) {
+  return member_->receive(*this, timeout);
+}
 
 void Subscription::settle(std::uint64_t token, Outcome outcome, Ms delay, const std::string& reason) noexcept {
   member_->settle(*this, token, outcome, delay, reason);
 }
 
-void Subscription::close() { member_->detach(*this); }
+void Subscription::close() {
+  member_->detach(*this);
+}
 
 // ---------------------------------------------------------------------------------------
 // Member
@@ -155,8 +163,8 @@ void Member::start() {
     PartitionListPtr subscription(rd_kafka_topic_partition_list_new(1));
     rd_kafka_topic_partition_list_add(subscription.get(), topic_.c_str(), RD_KAFKA_PARTITION_UA);
     if (rd_kafka_resp_err_t err = rd_kafka_subscribe(rk, subscription.get()))
-      throw Error(errc_for(err), "cannot subscribe to '" + topic_ + "' on " + options_.masked_url + ": " +
-                                     rd_kafka_err2str(err));
+      throw Error(errc_for(err),
+                  "cannot subscribe to '" + topic_ + "' on " + options_.masked_url + ": " + rd_kafka_err2str(err));
   }
   thread_ = std::thread([this] { run(); });
 }
@@ -196,9 +204,9 @@ void Member::wait_joined() {
   if (!failure_.ok()) throw Error(failure_);
   if (!done || !joined_)
     throw Error(Errc::unavailable, "could not join consumer group '" + group_ + "' of topic '" + topic_ + "' on " +
-                                       options_.masked_url + " within " + std::to_string(options_.join_timeout.count()) +
-                                       " ms" + errors_.suffix() + "; is Kafka reachable at " + options_.bootstrap +
-                                       "?");
+                                       options_.masked_url + " within " +
+                                       std::to_string(options_.join_timeout.count()) + " ms" + errors_.suffix() +
+                                       "; is Kafka reachable at " + options_.bootstrap + "?");
 }
 
 std::shared_ptr<Subscription> Member::attach(const SubscribeOptions& options) {
@@ -242,8 +250,10 @@ void Member::detach(Subscription& sub) {
     sub.out_ = 0;
     subs_.erase(sub.id());
     if (subs_.empty() && !stop_requested_) {
-      if (options_.member_linger.count() == 0 || ephemeral_) stop_now = stop_requested_ = true;
-      else linger_until_ = now + options_.member_linger;
+      if (options_.member_linger.count() == 0 || ephemeral_)
+        stop_now = stop_requested_ = true;
+      else
+        linger_until_ = now + options_.member_linger;
     }
   }
   cv_.notify_all();
@@ -507,12 +517,15 @@ void Member::housekeeping(bool force) {
       }
     }
     if (subs_.empty() && linger_until_ && now >= *linger_until_) stop_requested_ = true;
-    if (!ephemeral_ && joined_ && commit_dirty_ && !commit_in_flight_ && now - last_commit_ >= options_.commit_interval) {
+    if (!ephemeral_ && joined_ && commit_dirty_ && !commit_in_flight_ &&
+        now - last_commit_ >= options_.commit_interval) {
       commit = commit_list(true, nullptr);
       commit_dirty_ = false;
       last_commit_ = now;
-      if (commit && commit->cnt > 0) commit_in_flight_ = true;
-      else commit.reset();
+      if (commit && commit->cnt > 0)
+        commit_in_flight_ = true;
+      else
+        commit.reset();
     }
   }
   if (expired) cv_.notify_all();
@@ -570,8 +583,10 @@ void Member::rebalance_cb(rd_kafka_t* rk, rd_kafka_resp_err_t err, rd_kafka_topi
       self->on_revoke(partitions);
     } else {
       spdlog::warn("kafka: rebalance of group '{}' failed: {}", self->group_, rd_kafka_err2str(err));
-      if (cooperative(rk)) log_error("unassign", rd_kafka_incremental_unassign(rk, partitions));
-      else rd_kafka_assign(rk, nullptr);
+      if (cooperative(rk))
+        log_error("unassign", rd_kafka_incremental_unassign(rk, partitions));
+      else
+        rd_kafka_assign(rk, nullptr);
     }
   } catch (const std::exception& e) {
     spdlog::error("kafka: rebalance handling of group '{}' failed: {}", self->group_, e.what());
@@ -583,9 +598,10 @@ void Member::on_assign(rd_kafka_topic_partition_list_t* partitions) {
   PartitionListPtr wanted(rd_kafka_topic_partition_list_copy(partitions));
   rd_kafka_resp_err_t err = rd_kafka_committed(rk, wanted.get(), static_cast<int>(options_.admin_timeout.count()));
   if (err)
-    spdlog::warn("kafka: reading committed offsets of group '{}' failed ({}); starting from the group's offsets without "
-                 "carried attempt counts",
-                 group_, rd_kafka_err2str(err));
+    spdlog::warn(
+        "kafka: reading committed offsets of group '{}' failed ({}); starting from the group's offsets without "
+        "carried attempt counts",
+        group_, rd_kafka_err2str(err));
   {
     std::lock_guard lock(mutex_);
     for (int i = 0; i < wanted->cnt; ++i) {
@@ -593,8 +609,8 @@ void Member::on_assign(rd_kafka_topic_partition_list_t* partitions) {
       const bool known = !err && !elem.err && elem.offset >= 0;
       Partition p{OffsetTracker(known ? elem.offset : -1), forward(elem.partition), {}, {}, {}, false, false, -1, {}};
       if (known && elem.metadata && elem.metadata_size > 0)
-        p.carried = decode_carried(std::string_view(static_cast<const char*>(elem.metadata), elem.metadata_size),
-                                   elem.offset);
+        p.carried =
+            decode_carried(std::string_view(static_cast<const char*>(elem.metadata), elem.metadata_size), elem.offset);
       if (auto mem = remembered_.find(elem.partition); mem != remembered_.end()) {
         p.remembered = std::move(mem->second);
         remembered_.erase(mem);
@@ -614,7 +630,8 @@ void Member::on_assign(rd_kafka_topic_partition_list_t* partitions) {
       wanted->elems[i].metadata_size = 0;
     }
   }
-  if (cooperative(rk)) log_error("incremental assign", rd_kafka_incremental_assign(rk, wanted.get()));
+  if (cooperative(rk))
+    log_error("incremental assign", rd_kafka_incremental_assign(rk, wanted.get()));
   else if (rd_kafka_resp_err_t e = rd_kafka_assign(rk, wanted.get()))
     spdlog::warn("kafka: assigning partitions of '{}' failed: {}", topic_, rd_kafka_err2str(e));
   housekeeping_due_ = true;
@@ -665,12 +682,15 @@ void Member::on_revoke(rd_kafka_topic_partition_list_t* partitions) {
   cv_.notify_all();
   if (commit && commit->cnt > 0) {
     if (rd_kafka_resp_err_t err = rd_kafka_commit(rk, commit.get(), 0))
-      spdlog::info("kafka: committing offsets of '{}' group '{}' on rebalance failed: {}; their messages after the "
-                   "last commit will be delivered again",
-                   topic_, group_, rd_kafka_err2str(err));
+      spdlog::info(
+          "kafka: committing offsets of '{}' group '{}' on rebalance failed: {}; their messages after the "
+          "last commit will be delivered again",
+          topic_, group_, rd_kafka_err2str(err));
   }
-  if (cooperative(rk)) log_error("incremental unassign", rd_kafka_incremental_unassign(rk, partitions));
-  else rd_kafka_assign(rk, nullptr);
+  if (cooperative(rk))
+    log_error("incremental unassign", rd_kafka_incremental_unassign(rk, partitions));
+  else
+    rd_kafka_assign(rk, nullptr);
 }
 
 void Member::shutdown() {

@@ -11,9 +11,9 @@ namespace {
 // Properties ferry sets itself: overriding them would break its guarantees.
 const std::set<std::string>& reserved() {
   static const std::set<std::string> keys{
-      "bootstrap.servers",   "metadata.broker.list", "group.id",          "enable.auto.commit",
-      "enable.auto.offset.store", "auto.offset.reset",  "enable.idempotence", "acks",
-      "request.required.acks",    "enable.partition.eof", "transactional.id", "enable.gapless.guarantee"};
+      "bootstrap.servers",        "metadata.broker.list", "group.id",           "enable.auto.commit",
+      "enable.auto.offset.store", "auto.offset.reset",    "enable.idempotence", "acks",
+      "request.required.acks",    "enable.partition.eof", "transactional.id",   "enable.gapless.guarantee"};
   return keys;
 }
 
@@ -36,8 +36,8 @@ int parse_int_option(const std::string& value, const std::string& key, int min) 
     n = parse_count(value, "kafka option " + key);
   }
   if (n < min || n > 1'000'000)
-    throw Error(Errc::invalid_argument, "kafka option " + key + "=" + value + " is out of range (at least " +
-                                            std::to_string(min) + ")");
+    throw Error(Errc::invalid_argument,
+                "kafka option " + key + "=" + value + " is out of range (at least " + std::to_string(min) + ")");
   return static_cast<int>(n);
 }
 
@@ -67,8 +67,8 @@ Options Options::from_url(const Url& url) {
   Options o;
   o.masked_url = url.masked();
   if (url.hosts().empty())
-    throw Error(Errc::bad_url, "bad broker URL '" + o.masked_url +
-                                   "': name at least one Kafka broker, e.g. kafka://localhost:9092");
+    throw Error(Errc::bad_url,
+                "bad broker URL '" + o.masked_url + "': name at least one Kafka broker, e.g. kafka://localhost:9092");
   if (!url.path().empty() && url.path() != "/")
     throw Error(Errc::bad_url, "bad broker URL '" + o.masked_url + "': a kafka:// URL has no path ('" + url.path() +
                                    "'); put options in the query, e.g. kafka://host:9092?linger.ms=20");
@@ -85,10 +85,14 @@ Options Options::from_url(const Url& url) {
       o.replication = parse_int_option(value, key, -1);
       if (o.replication == 0) throw Error(Errc::invalid_argument, "kafka option replication must be -1 or at least 1");
     } else if (key == "create_topics") {
-      if (value == "admin") o.create_topics = TopicCreation::admin;
-      else if (value == "auto") o.create_topics = TopicCreation::auto_create;
-      else if (value == "off") o.create_topics = TopicCreation::off;
-      else throw Error(Errc::invalid_argument, "kafka option create_topics='" + value + "' must be admin, auto or off");
+      if (value == "admin")
+        o.create_topics = TopicCreation::admin;
+      else if (value == "auto")
+        o.create_topics = TopicCreation::auto_create;
+      else if (value == "off")
+        o.create_topics = TopicCreation::off;
+      else
+        throw Error(Errc::invalid_argument, "kafka option create_topics='" + value + "' must be admin, auto or off");
     } else if (key == "publish_timeout") {
       o.publish_timeout = parse_duration(value, "kafka option publish_timeout");
     } else if (key == "join_timeout") {

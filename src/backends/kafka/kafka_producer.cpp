@@ -52,7 +52,8 @@ Producer::Producer(const Options& options) : options_(options), errors_("produce
   char errstr[512] = {0};
   rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), errstr, sizeof errstr);
   if (!rk)
-    throw Error(Errc::invalid_argument, "cannot configure the Kafka producer for " + options_.masked_url + ": " + errstr);
+    throw Error(Errc::invalid_argument,
+                "cannot configure the Kafka producer for " + options_.masked_url + ": " + errstr);
   conf.release();  // rd_kafka_new took it
   handle_.reset(rk);
   poller_ = std::thread([this] {
@@ -61,7 +62,9 @@ Producer::Producer(const Options& options) : options_(options), errors_("produce
   });
 }
 
-Producer::~Producer() { close(); }
+Producer::~Producer() {
+  close();
+}
 
 void Producer::on_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void* opaque) {
   auto* self = static_cast<Producer*>(static_cast<ErrorLog*>(opaque)->owner());
@@ -116,8 +119,8 @@ void Producer::publish(const std::string& topic, std::vector<Message> messages, 
     if (done) done(s);
   };
   auto closed_status = [&] {
-    return Status{Errc::closed, "publish to '" + topic + "' after the kafka broker " + options_.masked_url +
-                                    " was closed"};
+    return Status{Errc::closed,
+                  "publish to '" + topic + "' after the kafka broker " + options_.masked_url + " was closed"};
   };
   if (closed_ || (!internal && publisher_closed_)) return fail(closed_status());
   if (messages.empty()) return fail(Status::success());
@@ -140,11 +143,11 @@ void Producer::publish(const std::string& topic, std::vector<Message> messages, 
     Status failure;
     while (true) {
       batch->refs.fetch_add(1);
-      rd_kafka_resp_err_t err = rd_kafka_producev(
-          handle_.get(), RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_KEY(key, key_len),
-          RD_KAFKA_V_VALUE(const_cast<char*>(m.payload.data()), m.payload.size()),
-          RD_KAFKA_V_HEADERS(headers.get()), RD_KAFKA_V_TIMESTAMP(to_unix_ms(m.timestamp)),
-          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(batch), RD_KAFKA_V_END);
+      rd_kafka_resp_err_t err =
+          rd_kafka_producev(handle_.get(), RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_KEY(key, key_len),
+                            RD_KAFKA_V_VALUE(const_cast<char*>(m.payload.data()), m.payload.size()),
+                            RD_KAFKA_V_HEADERS(headers.get()), RD_KAFKA_V_TIMESTAMP(to_unix_ms(m.timestamp)),
+                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(batch), RD_KAFKA_V_END);
       if (!err) {
         headers.release();  // librdkafka owns them now
         break;
@@ -159,14 +162,15 @@ void Producer::publish(const std::string& topic, std::vector<Message> messages, 
         --space_waiters_;
         continue;
       }
-      if (closed_) failure = closed_status();
+      if (closed_)
+        failure = closed_status();
       else if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
-        failure = {Errc::timeout, "publish to '" + topic + "' timed out after " +
-                                      std::to_string(options_.publish_timeout.count()) +
-                                      " ms waiting for room in the producer queue (" +
-                                      std::to_string(rd_kafka_outq_len(handle_.get())) +
-                                      " messages unconfirmed)" + errors_.suffix()};
-      else failure = failure_for(topic, err);
+        failure = {Errc::timeout,
+                   "publish to '" + topic + "' timed out after " + std::to_string(options_.publish_timeout.count()) +
+                       " ms waiting for room in the producer queue (" +
+                       std::to_string(rd_kafka_outq_len(handle_.get())) + " messages unconfirmed)" + errors_.suffix()};
+      else
+        failure = failure_for(topic, err);
       break;
     }
     if (!failure.ok()) {
@@ -257,8 +261,8 @@ Status Producer::create_topic(const std::string& topic) {
     hint = " (replication=" + std::to_string(options_.replication) + " exceeds the brokers available?)";
   Errc code = errc_for(err);
   if (code == Errc::ok) code = Errc::unavailable;
-  return {code, "cannot create topic '" + topic + "' with " + std::to_string(options_.partitions) +
-                    " partitions on " + options_.masked_url + ": " + why + hint + errors_.suffix()};
+  return {code, "cannot create topic '" + topic + "' with " + std::to_string(options_.partitions) + " partitions on " +
+                    options_.masked_url + ": " + why + hint + errors_.suffix()};
 }
 
 Status Producer::wait_visible(const std::string& topic, Ms timeout, bool once) {
@@ -273,9 +277,9 @@ Status Producer::wait_visible(const std::string& topic, Ms timeout, bool once) {
       MetadataPtr metadata(raw);
       if (metadata->topic_cnt == 1) {
         const auto& t = metadata->topics[0];
-        bool leaders = t.partition_cnt > 0 &&
-                       std::all_of(t.partitions, t.partitions + t.partition_cnt,
-                                   [](const rd_kafka_metadata_partition_t& p) { return p.leader >= 0; });
+        bool leaders =
+            t.partition_cnt > 0 && std::all_of(t.partitions, t.partitions + t.partition_cnt,
+                                               [](const rd_kafka_metadata_partition_t& p) { return p.leader >= 0; });
         if (!t.err && leaders) return {};
         last = t.err ? rd_kafka_err2str(t.err) : "partitions without a leader";
       }

@@ -41,13 +41,17 @@ MockCluster::~MockCluster() {
   if (impl_) impl_->cluster.reset();
 }
 
-std::string MockCluster::bootstrap() const { return rd_kafka_mock_cluster_bootstraps(impl_->cluster.get()); }
+std::string MockCluster::bootstrap() const {
+  return rd_kafka_mock_cluster_bootstraps(impl_->cluster.get());
+}
 
 std::string MockCluster::url() const {
   return "kafka://" + bootstrap() + "?create_topics=auto&session.timeout.ms=6000&fetch.wait.max.ms=10";
 }
 
-int MockCluster::brokers() const noexcept { return impl_->brokers; }
+int MockCluster::brokers() const noexcept {
+  return impl_->brokers;
+}
 
 void MockCluster::set_broker_down(int id) {
   if (id < 1 || id > impl_->brokers) throw Error(Errc::invalid_argument, "no mock broker " + std::to_string(id));
@@ -62,7 +66,8 @@ void MockCluster::set_broker_up(int id) {
 void MockCluster::create_topic(const std::string& topic, int partitions, int replication) {
   rd_kafka_resp_err_t err = rd_kafka_mock_topic_create(impl_->cluster.get(), topic.c_str(), partitions, replication);
   if (err)
-    throw Error(detail::errc_for(err), "cannot create topic '" + topic + "' in the mock cluster: " + rd_kafka_err2str(err));
+    throw Error(detail::errc_for(err),
+                "cannot create topic '" + topic + "' in the mock cluster: " + rd_kafka_err2str(err));
 }
 
 }  // namespace ferry::kafka

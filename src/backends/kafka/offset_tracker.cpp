@@ -27,7 +27,9 @@ bool OffsetTracker::track(std::int64_t offset) {
   return true;
 }
 
-bool OffsetTracker::done(std::int64_t offset) { return pending_.erase(offset) > 0; }
+bool OffsetTracker::done(std::int64_t offset) {
+  return pending_.erase(offset) > 0;
+}
 
 std::optional<std::int64_t> OffsetTracker::committable() const {
   if (!pending_.empty()) return *pending_.begin();
@@ -71,7 +73,8 @@ Carried carried_state(const OffsetTracker& tracker, const std::map<std::int64_t,
   Carried out;
   auto from = tracker.committable();
   if (!from) return out;
-  if (from_start && tracker.start() >= 0 && tracker.start() < *from) out.add(tracker.start(), *from - tracker.start(), kDone);
+  if (from_start && tracker.start() >= 0 && tracker.start() < *from)
+    out.add(tracker.start(), *from - tracker.start(), kDone);
   std::int64_t cursor = *from;
   for (std::int64_t p : tracker.pending_offsets()) {
     if (p > cursor) out.add(cursor, p - cursor, kDone);
@@ -120,10 +123,13 @@ Carried decode_carried(std::string_view metadata, std::int64_t committed) {
     std::int64_t delta = 0, length = 1, value = 0;
     auto tilde = range.find('~');
     if (!parse_int(range.substr(0, tilde), delta) || delta < 0 || delta > kMaxRun) return {};
-    if (tilde != std::string_view::npos && (!parse_int(range.substr(tilde + 1), length) || length < 1 || length > kMaxRun))
+    if (tilde != std::string_view::npos &&
+        (!parse_int(range.substr(tilde + 1), length) || length < 1 || length > kMaxRun))
       return {};
-    if (value_text == "d") value = kDone;
-    else if (!parse_int(value_text, value) || value < 1 || value > 1'000'000) return {};
+    if (value_text == "d")
+      value = kDone;
+    else if (!parse_int(value_text, value) || value < 1 || value > 1'000'000)
+      return {};
     if (committed + delta < last_end) return {};  // runs out of order or overlapping
     out.add(committed + delta, length, static_cast<int>(value));
     last_end = committed + delta + length;
