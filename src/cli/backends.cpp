@@ -3,6 +3,7 @@
 #include "ferry/backends/amqp.hpp"
 #include "ferry/backends/kafka.hpp"
 #include "ferry/backends/memory.hpp"
+#include "ferry/backends/nsq.hpp"
 #include "ferry/backends/sqlite.hpp"
 
 namespace ferry::cli {
@@ -12,6 +13,7 @@ void register_backends() {
   sqlite::register_scheme();
   amqp::register_scheme();
   kafka::register_scheme();
+  nsq::register_scheme();
 }
 
 }  // namespace ferry::cli

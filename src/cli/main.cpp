@@ -15,6 +15,9 @@
 #include "ferry/backends/kafka.hpp"
 #include "ferry/error.hpp"
 #include "tools.hpp"
+#if FERRY_HAVE_NSQ_PEER
+#include "nsq_peer.hpp"
+#endif
 
 namespace {
 
@@ -46,6 +49,37 @@ int run_dev_kafka(int brokers) {
   sigwait(&stop, &signal_number);
   std::cout << "stopping the mock cluster" << std::endl;
   return 0;
+}
+
+// `ferry dev nsq`: ferry's NSQ test peer (tests/nsq_peer) on loopback until SIGINT or SIGTERM.
+int run_dev_nsq(int port, std::size_t max_msg_size) {
+#if FERRY_HAVE_NSQ_PEER
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);  // before the peer's thread starts
+  ferry::nsq_peer::PeerOptions options;
+  options.port = port;
+  options.max_msg_size = max_msg_size;
+  ferry::nsq_peer::Peer peer(options);
+  peer.start();
+  std::string url = peer.url();
+  if (max_msg_size != 1'048'576)
+    url += "?max_message_size=" + std::to_string(max_msg_size);
+  std::cout << "broker URL: " << url << "\n"
+            << "ferry's NSQ test peer (an nsqd-compatible server, in memory, not nsqd); Ctrl-C stops it. "
+            << "Try: ferry serve --broker '" << url << "'" << std::endl;
+  int signal_number = 0;
+  sigwait(&stop, &signal_number);
+  std::cout << "stopping the NSQ test peer" << std::endl;
+  peer.stop();
+  return 0;
+#else
+  (void)port;
+  (void)max_msg_size;
+  throw ferry::Error(ferry::Errc::invalid_argument, "this ferry was built without its tests, so without the NSQ test peer");
+#endif
 }
 
 // Appends each --kafka-prop KEY=VALUE to the query of a kafka:// URL (also "NAME=kafka://...").
@@ -187,6 +221,14 @@ int main(int argc, char** argv) {
   auto* dev_kafka = dev->add_subcommand("kafka", "run librdkafka's mock Kafka cluster on loopback until Ctrl-C");
   dev_kafka->add_option("--brokers", dev_brokers, "number of brokers")->check(CLI::Range(1, 16))->capture_default_str();
   dev_kafka->callback([&] { action = [&] { return run_dev_kafka(dev_brokers); }; });
+  int dev_nsq_port = 0;
+  std::size_t dev_nsq_max_msg_size = 1'048'576;
+  auto* dev_nsq = dev->add_subcommand("nsq", "run ferry's NSQ test peer (nsqd-compatible, in memory) on loopback until Ctrl-C");
+  dev_nsq->add_option("--port", dev_nsq_port, "TCP port (0: a free one)")->check(CLI::Range(0, 65535))->capture_default_str();
+  dev_nsq->add_option("--max-msg-size", dev_nsq_max_msg_size, "largest message body in bytes, as nsqd's --max-msg-size")
+      ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 30))
+      ->capture_default_str();
+  dev_nsq->callback([&] { action = [&] { return run_dev_nsq(dev_nsq_port, dev_nsq_max_msg_size); }; });
 
   // --kafka-prop on every command that opens a broker
   std::vector<std::string> kafka_properties;
