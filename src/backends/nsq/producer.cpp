@@ -252,6 +252,7 @@ void Producer::on_frame(const std::shared_ptr<Connection>& conn, Frame& frame) {
   sent_.pop_front();
   if (frame.type == FrameType::error) {
     complete(p, {errc_for(frame.data), conn->describe() + " refused the publish: " + frame.data});
+    if (sent_.empty()) check_drained();
     return;
   }
   if (frame.data != kOk) {
@@ -260,6 +261,7 @@ void Producer::on_frame(const std::shared_ptr<Connection>& conn, Frame& frame) {
     return;
   }
   complete(p, {});
+  if (sent_.empty()) check_drained();
 }
 
 void Producer::on_closed(const std::shared_ptr<Connection>& conn, const Status& s) {
