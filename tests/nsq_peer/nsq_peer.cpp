@@ -2,6 +2,7 @@
 
 #include "nsq_peer.hpp"
 
+#include <fcntl.h>
 #include <pthread.h>
 
 #include <boost/asio.hpp>
@@ -38,6 +39,10 @@ using nsq::MessageId;
 constexpr const char* kVersion = "1.3.0-ferry-test-peer";
 constexpr Ms kTick{5};
 
+// Keeps the peer's sockets out of processes the test starts (ferry serve would otherwise
+// inherit the listening socket and hold the port across a restart).
+void close_on_exec(int fd) { ::fcntl(fd, F_SETFD, ::fcntl(fd, F_GETFD) | FD_CLOEXEC); }
+
 std::map<std::string, std::string> parse_query(std::string_view query) {
   std::map<std::string, std::string> out;
   while (!query.empty()) {
@@ -61,6 +66,7 @@ class HttpServer {
       : acceptor_(io), handler_(std::move(handler)) {
     tcp::endpoint endpoint(asio::ip::make_address(host), static_cast<unsigned short>(port));
     acceptor_.open(endpoint.protocol());
+    close_on_exec(acceptor_.native_handle());
     acceptor_.set_option(tcp::acceptor::reuse_address(true));
     acceptor_.bind(endpoint);
     acceptor_.listen();
@@ -118,6 +124,7 @@ class HttpServer {
   void accept() {
     acceptor_.async_accept([this](boost::system::error_code ec, tcp::socket socket) {
       if (ec) return;
+      close_on_exec(socket.native_handle());
       std::make_shared<Session>(std::move(socket), handler_)->read();
       accept();
     });
@@ -366,6 +373,7 @@ void Peer::Impl::startup() {
   tcp::endpoint endpoint(asio::ip::make_address(options.host), static_cast<unsigned short>(options.port));
   acceptor = std::make_unique<tcp::acceptor>(io);
   acceptor->open(endpoint.protocol());
+  close_on_exec(acceptor->native_handle());
   acceptor->set_option(tcp::acceptor::reuse_address(true));
   acceptor->bind(endpoint);
   acceptor->listen();
@@ -412,6 +420,7 @@ void Peer::Impl::shutdown() {
 void Peer::Impl::accept() {
   acceptor->async_accept([this](boost::system::error_code ec, tcp::socket socket) {
     if (ec || !serving) return;
+    close_on_exec(socket.native_handle());
     ++accepted;
     auto client = std::make_shared<Client>(*this, std::move(socket));
     clients.insert(client);
@@ -818,10 +827,23 @@ Peer::Peer(PeerOptions options) : impl_(std::make_unique<Impl>(std::move(options
 Peer::~Peer() = default;
 
 void Peer::start() {
-  try {
-    impl_->call([this] { impl_->startup(); });
-  } catch (const std::exception& e) {
-    throw std::runtime_error(std::string("nsq test peer cannot listen: ") + e.what());
+  // On a restart the port is fixed, and a client's connection attempt to it on loopback
+  // may hold it for a moment (a socket connected to itself): retry for up to a second.
+  for (int attempt = 0;; ++attempt) {
+    try {
+      impl_->call([this] { impl_->startup(); });
+      return;
+    } catch (const std::exception& e) {
+      impl_->call([this] {
+        impl_->acceptor.reset();
+        impl_->http.reset();
+      });
+      if (attempt < 50 && impl_->options.port != 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds{20});
+        continue;
+      }
+      throw std::runtime_error(std::string("nsq test peer cannot listen: ") + e.what());
+    }
   }
 }
 

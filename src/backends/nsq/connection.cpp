@@ -1,6 +1,7 @@
 // The io thread, one nsqd connection (handshake, heartbeats, framing) and a tiny HTTP
 // GET for nsqlookupd.
 
+#include <fcntl.h>
 #include <pthread.h>
 
 #include <boost/asio/connect.hpp>
@@ -127,6 +128,16 @@ void Connection::start(ReadyHandler ready, FrameHandler frame, ClosedHandler clo
 
 void Connection::on_connected() {
   boost::system::error_code ignored;
+  // Connecting on loopback to a port nobody listens on can connect the socket to itself
+  // (TCP simultaneous open, when the kernel picks that very port as the local one): that
+  // is "connection refused", and holding the port would keep the nsqd from starting.
+  if (socket_.local_endpoint(ignored) == socket_.remote_endpoint(ignored)) {
+    fail({Errc::unavailable, "cannot connect to " + describe() + " (connection refused)"});
+    return;
+  }
+  // A process that forks and execs must not take the connection with it.
+  const int fd = socket_.native_handle();
+  ::fcntl(fd, F_SETFD, ::fcntl(fd, F_GETFD) | FD_CLOEXEC);
   socket_.set_option(tcp::no_delay(true), ignored);
   state_ = State::identifying;
   json::object identify;
