@@ -127,5 +127,15 @@ TEST_F(NsqServe, APeerThatGoesAwayGets503AndTheServiceRecovers) {
   EXPECT_EQ(serve->wait_exit(15s).value_or(-1), 0) << serve->log();
 }
 
+TEST_F(NsqServe, FerryDevNsqServesAPeerThatFerryPublishCanUse) {
+  FerryProcess dev({"dev", "nsq"}, dir_.file("dev.log"), dir_.path().string());
+  auto url = dev.wait_for_log(R"(broker URL: (nsq://127\.0\.0\.1:[0-9]+))", 10s);
+  ASSERT_TRUE(url) << dev.log();
+  auto published = run_ferry({"publish", "--broker", *url, "-t", "greetings", "hello", "world"}, dir_.path().string());
+  EXPECT_EQ(published.exit_code, 0) << published.output;
+  dev.signal(SIGTERM);
+  EXPECT_EQ(dev.wait_exit(10s).value_or(-1), 0) << dev.log();
+}
+
 }  // namespace
 }  // namespace ferry::e2e
