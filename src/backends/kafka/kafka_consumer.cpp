@@ -7,6 +7,7 @@
 #include <cstring>
 #include <set>
 #include <unordered_set>
+#include <vector>
 
 namespace ferry::kafka::detail {
 namespace {
@@ -680,6 +681,15 @@ void Member::on_revoke(rd_kafka_topic_partition_list_t* partitions) {
     }
   }
   cv_.notify_all();
+  // Messages of the revoked partitions may still wait in messages_; were a partition to
+  // come straight back, they must not be taken for the refetch from the committed offset.
+  std::vector<rd_kafka_message_t*> batch(256);
+  for (ssize_t n; (n = rd_kafka_consume_batch_queue(messages_.get(), 0, batch.data(), batch.size())) > 0;) {
+    for (ssize_t i = 0; i < n; ++i) {
+      MessagePtr message(batch[static_cast<std::size_t>(i)]);
+      if (std::find(ids.begin(), ids.end(), message->partition) == ids.end()) on_message(*message);
+    }
+  }
   if (commit && commit->cnt > 0) {
     if (rd_kafka_resp_err_t err = rd_kafka_commit(rk, commit.get(), 0))
       spdlog::info(
