@@ -33,8 +33,9 @@ class InstrumentedPublisher : public Publisher {
   metrics::Family<metrics::Histogram>& duration_;
 };
 
-// Reads Broker::admin()->stats() at every render into the backlog gauges; does nothing
-// for a broker without an Admin. Holds a weak reference: a closed broker stops reporting.
-void collect_backlog(metrics::Registry& registry, const std::shared_ptr<Broker>& broker);
+// Reads Broker::admin()->stats() at every render into the backlog gauges, labelled with
+// `backend` (the broker's URL scheme when empty); does nothing for a broker without an
+// Admin. Holds a weak reference: a closed broker stops reporting.
+void collect_backlog(metrics::Registry& registry, const std::shared_ptr<Broker>& broker, std::string backend = {});
 
 }  // namespace ferry

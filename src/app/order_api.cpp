@@ -247,7 +247,8 @@ class OrderApi::Impl : public std::enable_shared_from_this<Impl> {
     m.payload = encode_order_created(pending->event);
     counters_.publishing.fetch_add(1);
     try {
-      pending->broker->broker->publisher().publish_async(
+      Publisher& publisher = pending->broker->publisher ? *pending->broker->publisher : pending->broker->broker->publisher();
+      publisher.publish_async(
           options_.topic, std::move(m),
           [self = shared_from_this(), pending](const Status& s) { self->on_published(pending, s); });
     } catch (const std::exception& e) {

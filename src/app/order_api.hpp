@@ -49,6 +49,7 @@ namespace ferry::app {
 struct NamedBroker {
   std::string name;  // the {backend} of POST /orders/{backend}
   std::shared_ptr<Broker> broker;
+  std::shared_ptr<Publisher> publisher{};  // what orders are published through; the broker's own when null
 };
 
 struct OrderApiOptions {

@@ -5,18 +5,10 @@
 
 #include <algorithm>
 
+#include "ferry/router/middleware.hpp"
 #include "order.hpp"
 
 namespace ferry::app {
-namespace {
-
-std::chrono::milliseconds backoff_for(int attempt, const ProcessorOptions& options) {
-  auto delay = options.first_backoff;
-  for (int i = 1; i < attempt && delay < options.max_backoff; ++i) delay *= 2;
-  return std::min(delay, options.max_backoff);
-}
-
-}  // namespace
 
 void ProcessorOptions::validate() const {
   if (!valid_name(topic)) throw Error(Errc::invalid_argument, "processor topic '" + topic + "' is not a valid name");
@@ -27,35 +19,84 @@ void ProcessorOptions::validate() const {
     throw Error(Errc::invalid_argument, "--concurrency " + std::to_string(concurrency) + " must be between 1 and 1024");
 }
 
-void handle_order_created(Delivery& delivery, OrderStore& store, const ProcessorOptions& options,
-                          ProcessorCounters& counters) {
-  const Message& message = delivery.message();
+void process_order_created(Request& request, OrderStore& store, const ProcessorOptions& options,
+                           ProcessorCounters& counters) {
+  const Message& message = request.message();
   auto decoded = decode_order_created(message.payload);
   if (!decoded.event) {
     spdlog::warn("order processor: message {} on {} rejected to the dead-letter topic: {}", message.id,
-                 delivery.topic(), decoded.reason);
-    delivery.reject(decoded.reason);
+                 request.topic(), decoded.reason);
     counters.rejected.fetch_add(1, std::memory_order_relaxed);
-    return;
+    throw Reject(decoded.reason);
   }
+  ProcessOutcome outcome;
   try {
-    auto outcome = store.mark_processed(*decoded.event, message.id, options.name);
-    delivery.ack();
-    if (outcome == ProcessOutcome::processed) {
-      counters.processed.fetch_add(1, std::memory_order_relaxed);
-      spdlog::debug("order processor: order {} processed (message {}, attempt {})", decoded.event->order_id, message.id,
-                    delivery.attempt());
-    } else {
-      counters.duplicates.fetch_add(1, std::memory_order_relaxed);
-      spdlog::info("order processor: order {} was already processed; duplicate message {} acked",
-                   decoded.event->order_id, message.id);
-    }
+    outcome = store.mark_processed(*decoded.event, message.id, options.name);
   } catch (const std::exception& e) {
-    auto delay = backoff_for(delivery.attempt(), options);
-    spdlog::error("order processor: order {} (message {}, attempt {}) not processed: {}; retrying in {} ms",
-                  decoded.event->order_id, message.id, delivery.attempt(), e.what(), delay.count());
-    delivery.nack(delay);
     counters.failed.fetch_add(1, std::memory_order_relaxed);
+    spdlog::error("order processor: order {} (message {}, attempt {}) not processed: {}", decoded.event->order_id,
+                  message.id, request.attempt(), e.what());
+    throw;
+  }
+  if (outcome == ProcessOutcome::processed) {
+    counters.processed.fetch_add(1, std::memory_order_relaxed);
+    spdlog::debug("order processor: order {} processed (message {}, attempt {})", decoded.event->order_id,
+                  message.id, request.attempt());
+  } else {
+    counters.duplicates.fetch_add(1, std::memory_order_relaxed);
+    spdlog::info("order processor: order {} was already processed; duplicate message {} acked",
+                 decoded.event->order_id, message.id);
+  }
+}
+
+namespace {
+
+// Counts the deliveries the dedup middleware skips as duplicates.
+class CountingStore : public IdempotencyStore {
+ public:
+  CountingStore(std::shared_ptr<IdempotencyStore> inner, ProcessorCounters& counters)
+      : inner_(std::move(inner)), counters_(counters) {}
+  bool seen(const std::string& key) override {
+    bool seen = inner_->seen(key);
+    if (seen) {
+      counters_.duplicates.fetch_add(1, std::memory_order_relaxed);
+      spdlog::info("order processor: message {} was already processed; duplicate acked", key);
+    }
+    return seen;
+  }
+  void remember(const std::string& key, std::chrono::milliseconds ttl) override { inner_->remember(key, ttl); }
+
+ private:
+  std::shared_ptr<IdempotencyStore> inner_;
+  ProcessorCounters& counters_;
+};
+
+}  // namespace
+
+Handler order_handler(OrderStore& store, const ProcessorOptions& options, ProcessorCounters& counters) {
+  auto idempotency = options.idempotency ? options.idempotency : make_memory_idempotency_store();
+  std::vector<Middleware> chain{middleware::recoverer()};
+  if (options.registry) chain.push_back(middleware::metrics(*options.registry));
+  chain.push_back(middleware::dead_letter());
+  chain.push_back(middleware::retry({.max_attempts = options.max_attempts,
+                                     .initial_delay = options.first_backoff,
+                                     .max_delay = options.max_backoff}));
+  chain.push_back(middleware::dedup(std::make_shared<CountingStore>(idempotency, counters)));
+  return compose(chain, [&store, &options, &counters](Request& r) { process_order_created(r, store, options, counters); });
+}
+
+void handle_order_created(Delivery& delivery, OrderStore& store, const ProcessorOptions& options,
+                          ProcessorCounters& counters) {
+  Request request(delivery, "order-processor");
+  try {
+    order_handler(store, options, counters)(request);
+    delivery.ack();
+  } catch (const Retry& r) {
+    delivery.nack(r.delay());
+  } catch (const Reject& r) {
+    delivery.reject(r.what());
+  } catch (const std::exception& e) {
+    delivery.nack(options.first_backoff);
   }
 }
 
@@ -69,47 +110,24 @@ OrderProcessor::~OrderProcessor() {
 }
 
 void OrderProcessor::start() {
-  SubscribeOptions so;
-  so.topic = options_.topic;
-  so.group = options_.group;
-  so.prefetch = std::max(2, options_.concurrency * 2);
-  so.ack_timeout = options_.ack_timeout;
-  subscriber_ = broker_->subscribe(so);
-  stopping_ = false;
-  for (int i = 0; i < options_.concurrency; ++i) workers_.emplace_back([this] { work(); });
+  router_ = std::make_unique<Router>(RouterOptions{.drain_timeout = options_.ack_timeout});
+  router_->add_handler({.name = "order-processor",
+                        .broker = broker_,
+                        .backend = options_.backend,
+                        .topic = options_.topic,
+                        .group = options_.group,
+                        .concurrency = options_.concurrency,
+                        .prefetch = std::max(2, options_.concurrency * 2),
+                        .ack_timeout = options_.ack_timeout},
+                       order_handler(store_, options_, counters_));
+  router_->start();
 }
 
 std::uint64_t OrderProcessor::stop() {
-  if (workers_.empty() && !subscriber_) return 0;
-  std::uint64_t in_flight = busy_.load();
-  stopping_ = true;
-  for (auto& t : workers_)
-    if (t.joinable()) t.join();
-  workers_.clear();
-  if (subscriber_) {
-    subscriber_->close();
-    subscriber_.reset();
-  }
+  if (!router_) return 0;
+  std::uint64_t in_flight = router_->stop();
+  router_.reset();
   return in_flight;
-}
-
-void OrderProcessor::work() {
-  pthread_setname_np(pthread_self(), "order-worker");
-  while (!stopping_.load()) {
-    std::optional<Delivery> delivery;
-    try {
-      delivery = subscriber_->receive(std::chrono::milliseconds{200});
-    } catch (const std::exception& e) {
-      spdlog::error("order processor: receiving from {} failed: {}; retrying in 1 s", broker_->url().masked(),
-                    e.what());
-      std::this_thread::sleep_for(std::chrono::seconds{1});
-      continue;
-    }
-    if (!delivery) continue;
-    busy_.fetch_add(1);
-    handle_order_created(*delivery, store_, options_, counters_);
-    busy_.fetch_sub(1);
-  }
 }
 
 }  // namespace ferry::app

@@ -2,17 +2,21 @@
 // ferry::app::OrderProcessor: consumes OrderCreated events (topic "orders", group
 // "order-processor") and marks each order processed in the OrderStore.
 //
-// Per delivery (handle_order_created, a plain function of a Delivery so a router can
-// host it later):
-//  - an undecodable payload or an unknown schema_version → reject(reason): the message
+// It runs on a ferry::Router with the middleware chain
+//   recoverer → metrics → dead_letter → retry → dedup → handler
+// so that, per delivery:
+//  - an undecodable payload or an unknown schema_version → Reject(reason): the message
 //    lands in the group's dead-letter topic with the reason in ferry-error;
-//  - otherwise mark_processed in the store, then ack; a repeat delivery (same message id
-//    or an order already processed) is acked and counted as a duplicate;
-//  - a store failure → nack with an exponential backoff (1 s doubling up to 30 s).
+//  - otherwise mark_processed in the store, then ack; a repeat delivery (a message id the
+//    idempotency store has seen, or an order already processed) is acked and counted as
+//    a duplicate;
+//  - a store failure → retried through the broker's nack with exponential backoff and
+//    jitter (first_backoff doubling up to max_backoff); after max_attempts it is
+//    dead-lettered with the reason;
+//  - anything unexpected thrown → dead-lettered, naming what was thrown.
 //
-// Threads: `concurrency` worker threads named "order-worker", each calling receive() on
-// one shared subscriber. start() and stop() are called from one controlling thread;
-// counters() is thread-safe.
+// Threads: the router's `concurrency` workers ("ferry-order-pro…"). start() and stop()
+// are called from one controlling thread; counters() is thread-safe.
 
 #include <atomic>
 #include <chrono>
@@ -23,6 +27,9 @@
 #include <vector>
 
 #include "ferry/broker.hpp"
+#include "ferry/metrics.hpp"
+#include "ferry/router/idempotency.hpp"
+#include "ferry/router/router.hpp"
 #include "order_store.hpp"
 
 namespace ferry::app {
@@ -38,6 +45,14 @@ struct ProcessorOptions {
   std::chrono::milliseconds ack_timeout{30'000};
   std::chrono::milliseconds first_backoff{1000};
   std::chrono::milliseconds max_backoff{30'000};
+  int max_attempts = 20;  // deliveries of one message before it is dead-lettered
+  std::string backend{};  // the broker's label in metrics; its URL scheme when empty
+  // Where consumer metrics go (ferry_consumed_total, ...); none when null.
+  metrics::Registry* registry = nullptr;
+  // Message ids already processed, in front of the store's own durable record of them
+  // (which is what keeps an order processed once across processes and restarts); a
+  // memory store when null.
+  std::shared_ptr<IdempotencyStore> idempotency{};
 
   // Throws Error(invalid_argument).
   void validate() const;
@@ -51,7 +66,16 @@ struct ProcessorCounters {
   std::atomic<std::uint64_t> failed{0};  // nacked after a store failure
 };
 
-// Settles one delivery of an OrderCreated event as described above. Never throws.
+// The handler itself: decodes and stores one OrderCreated event. Throws Reject for an
+// event it can never process, and the store's error when the store fails.
+void process_order_created(Request& request, OrderStore& store, const ProcessorOptions& options,
+                           ProcessorCounters& counters);
+
+// The processor's middleware chain around process_order_created.
+Handler order_handler(OrderStore& store, const ProcessorOptions& options, ProcessorCounters& counters);
+
+// Runs one delivery through order_handler and settles it as the router would. Never
+// throws. For tests and tools that hold a delivery themselves.
 void handle_order_created(Delivery& delivery, OrderStore& store, const ProcessorOptions& options,
                           ProcessorCounters& counters);
 
@@ -74,16 +98,11 @@ class OrderProcessor {
   const ProcessorOptions& options() const noexcept { return options_; }
 
  private:
-  void work();
-
   std::shared_ptr<Broker> broker_;
   OrderStore& store_;
   ProcessorOptions options_;
   ProcessorCounters counters_;
-  std::unique_ptr<Subscriber> subscriber_;
-  std::vector<std::thread> workers_;
-  std::atomic<bool> stopping_{false};
-  std::atomic<std::uint64_t> busy_{0};
+  std::unique_ptr<Router> router_;
 };
 
 }  // namespace ferry::app

@@ -8,11 +8,15 @@
 #include <csignal>
 #include <cstdlib>
 #include <future>
+#include <boost/json.hpp>
 #include <memory>
+#include <optional>
 #include <set>
 #include <thread>
 
 #include "ferry/broker.hpp"
+#include "ferry/instrumented.hpp"
+#include "ferry/metrics.hpp"
 #include "http_server.hpp"
 #include "order_api.hpp"
 #include "order_store.hpp"
@@ -103,12 +107,14 @@ struct ProcessorTotals {
 std::vector<std::unique_ptr<OrderProcessor>> start_processors(const std::vector<NamedBroker>& brokers,
                                                               OrderStore& store, int concurrency,
                                                               std::chrono::milliseconds ack_timeout,
-                                                              const std::string& role) {
+                                                              const std::string& role, metrics::Registry& registry) {
   std::vector<std::unique_ptr<OrderProcessor>> out;
   for (const auto& b : brokers) {
     ProcessorOptions options;
     options.concurrency = concurrency;
     options.ack_timeout = ack_timeout;
+    options.registry = &registry;
+    options.backend = b.name;
     options.name = role + ":" + std::to_string(::getpid()) + ":" + b.name;
     auto p = std::make_unique<OrderProcessor>(b.broker, store, options);
     p->start();
@@ -148,6 +154,61 @@ void add_processor_metrics(OrderApi& api, const std::vector<std::unique_ptr<Orde
     counter("ferry_processor_rejected_total", "Undecodable events moved to the dead-letter topic.", rejected);
     counter("ferry_processor_failed_total", "Deliveries nacked after a store failure.", failed);
   });
+}
+
+// Publish counts and latency per broker, and each broker's backlog where it can tell,
+// labelled backend=<the broker's name> (its scheme unless named with --broker NAME=URL).
+void instrument_brokers(std::vector<NamedBroker>& brokers, metrics::Registry& registry) {
+  for (auto& b : brokers) {
+    b.publisher = std::make_shared<InstrumentedPublisher>(b.broker->publisher(), registry, b.name);
+    collect_backlog(registry, b.broker, b.name);
+  }
+}
+
+// The route a request belongs to, as a metric label: paths with ids collapse to one.
+std::string route_of(const HttpRequest& request) {
+  std::string_view path = std::string_view(request.target).substr(0, request.target.find('?'));
+  if (path == "/orders" || path == "/healthz" || path == "/readyz" || path == "/metrics") return std::string(path);
+  if (path.starts_with("/orders/")) return request.method == "GET" ? "/orders/{id}" : "/orders/{backend}";
+  return "other";
+}
+
+// Wraps an HTTP handler so that every answer is counted by route, method and status,
+// and timed.
+HttpHandler measured(metrics::Registry& registry, HttpHandler inner) {
+  auto* requests = &registry.counter("ferry_http_requests_total", "HTTP requests answered by the handler.",
+                                     {"route", "method", "code"});
+  auto* duration = &registry.histogram("ferry_http_request_duration_seconds", "From request read to answer.",
+                                       {"route", "method"});
+  return [requests, duration, inner = std::move(inner)](HttpRequest&& request, Responder respond) {
+    auto route = route_of(request);
+    auto method = request.method;
+    auto start = SteadyClock::now();
+    inner(std::move(request), [=, respond = std::move(respond)](HttpResponse response) {
+      duration->labels({route, method}).observe(SteadyClock::now() - start);
+      requests->labels({route, method, std::to_string(response.status)}).inc();
+      respond(std::move(response));
+    });
+  };
+}
+
+// /metrics, /healthz and /readyz for a process without the order API (ferry consume).
+HttpHandler metrics_endpoint(metrics::Registry& registry, const std::vector<NamedBroker>& brokers) {
+  return [&registry, &brokers](HttpRequest&& request, Responder respond) {
+    std::string_view path = std::string_view(request.target).substr(0, request.target.find('?'));
+    if (request.method != "GET") return respond({405, "application/json", R"({"error":"method_not_allowed"})", {}});
+    if (path == "/metrics") return respond({200, "text/plain; version=0.0.4; charset=utf-8", registry.render(), {}});
+    if (path == "/healthz") return respond({200, "application/json", R"({"status":"ok"})", {}});
+    if (path == "/readyz") {
+      std::string failures;
+      for (const auto& b : brokers)
+        if (auto s = b.broker->ping(); !s.ok()) failures += (failures.empty() ? "" : "; ") + b.name + ": " + s.message;
+      if (failures.empty()) return respond({200, "application/json", R"({"status":"ready"})", {}});
+      boost::json::object body{{"error", "not_ready"}, {"detail", failures}};
+      return respond({503, "application/json", boost::json::serialize(body), {}});
+    }
+    respond({404, "application/json", R"({"error":"not_found"})", {}});
+  };
 }
 
 void close_brokers(std::vector<NamedBroker>& brokers) {
@@ -236,10 +297,13 @@ int run_serve(const ServeConfig& config) {
       config.threads > 0 ? config.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
 
   SignalWaiter signals;
+  metrics::Registry registry;
   auto brokers = open_brokers(specs);
+  instrument_brokers(brokers, registry);
   OrderStore store(store_options);
   std::vector<std::unique_ptr<OrderProcessor>> processors;
-  if (config.processor) processors = start_processors(brokers, store, config.concurrency, config.ack_timeout, "serve");
+  if (config.processor)
+    processors = start_processors(brokers, store, config.concurrency, config.ack_timeout, "serve", registry);
 
   OrderApi api(brokers, store);
   HttpServerOptions http_options;
@@ -247,16 +311,18 @@ int run_serve(const ServeConfig& config) {
   http_options.port = listen.port;
   http_options.threads = threads;
   http_options.handler_timeout = config.request_timeout;
-  HttpServer server(http_options, [&api](HttpRequest&& request, Responder respond) {
-    api.handle(std::move(request), std::move(respond));
-  });
-  api.add_metrics([&server](std::string& out) {
+  HttpServer server(http_options, measured(registry, [&api](HttpRequest&& request, Responder respond) {
+                      api.handle(std::move(request), std::move(respond));
+                    }));
+  api.add_metrics([&server, &registry](std::string& out) {
     out +=
-        "# HELP ferry_http_requests_total HTTP requests answered, by method and status code.\n"
-        "# TYPE ferry_http_requests_total counter\n";
+        "# HELP ferry_http_responses_total HTTP responses the server sent, by method and status code, including "
+        "those sent before a handler ran (413, 400 for requests that do not parse).\n"
+        "# TYPE ferry_http_responses_total counter\n";
     for (const auto& c : server.counts())
-      out += "ferry_http_requests_total{method=\"" + c.method + "\",code=\"" + std::to_string(c.status) + "\"} " +
+      out += "ferry_http_responses_total{method=\"" + c.method + "\",code=\"" + std::to_string(c.status) + "\"} " +
              std::to_string(c.count) + "\n";
+    out += registry.render();
   });
   add_processor_metrics(api, processors);
   server.start();
@@ -308,10 +374,25 @@ int run_consume(const ConsumeConfig& config) {
   store_options.path = config.store;
   store_options.validate();
 
+  std::optional<ListenAddress> metrics_listen;
+  if (!config.metrics_listen.empty()) metrics_listen = parse_listen(config.metrics_listen);
+
   SignalWaiter signals;
+  metrics::Registry registry;
   auto brokers = open_brokers(specs);
+  for (const auto& b : brokers) collect_backlog(registry, b.broker, b.name);
   OrderStore store(store_options);
-  auto processors = start_processors(brokers, store, config.concurrency, config.ack_timeout, "consume");
+  auto processors = start_processors(brokers, store, config.concurrency, config.ack_timeout, "consume", registry);
+  std::unique_ptr<HttpServer> metrics_server;
+  if (metrics_listen) {
+    HttpServerOptions o;
+    o.host = metrics_listen->host;
+    o.port = metrics_listen->port;
+    o.threads = 1;
+    metrics_server = std::make_unique<HttpServer>(o, metrics_endpoint(registry, brokers));
+    metrics_server->start();
+    spdlog::info("consume: metrics listening on {}", metrics_server->local_address());
+  }
   spdlog::info(
       "ferry {} consume: processing topic orders as group order-processor from {}; store {}; "
       "{} worker(s) per broker",
@@ -322,6 +403,7 @@ int run_consume(const ConsumeConfig& config) {
   arm_watchdog(started + config.shutdown_timeout);
   spdlog::info("received signal {}: shutting down (at most {} ms)", signal, config.shutdown_timeout.count());
   auto totals = stop_processors(processors);
+  if (metrics_server) metrics_server->stop();
   close_brokers(brokers);
   store.close();
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - started).count();

@@ -43,6 +43,7 @@ struct ConsumeConfig {
   int concurrency = 4;
   std::chrono::milliseconds ack_timeout{30'000};
   std::chrono::milliseconds shutdown_timeout{10'000};
+  std::string metrics_listen;  // empty: no HTTP endpoint; else /metrics, /healthz, /readyz there
 };
 
 int run_serve(const ServeConfig& config);

@@ -55,6 +55,8 @@ void add_consume_options(CLI::App& cmd, ConsumeArgs& args, const std::string& de
   add_processor_options(cmd, args.concurrency, args.ack_timeout_s);
   cmd.add_option("--shutdown-timeout", args.shutdown_timeout_s, "seconds to drain on SIGINT/SIGTERM")
       ->capture_default_str();
+  cmd.add_option("--metrics-listen", args.metrics_listen,
+                 "serve /metrics, /healthz and /readyz on HOST:PORT (:0 picks a free port); off when empty");
 }
 
 int run_serve(const ServeArgs& args) {
@@ -79,6 +81,7 @@ int run_consume(const ConsumeArgs& args) {
   config.concurrency = args.concurrency;
   config.ack_timeout = to_ms(args.ack_timeout_s, "--ack-timeout");
   config.shutdown_timeout = to_ms(args.shutdown_timeout_s, "--shutdown-timeout");
+  config.metrics_listen = args.metrics_listen;
   return app::run_consume(config);
 }
 

@@ -17,7 +17,6 @@ struct ServeArgs {
   double ack_timeout_s = 30;
   std::string store = "./ferry-data/orders.db";
   double shutdown_timeout_s = 10;
-  std::string metrics_listen;
 };
 
 struct ConsumeArgs {
@@ -26,7 +25,7 @@ struct ConsumeArgs {
   int concurrency = 4;
   double ack_timeout_s = 30;
   double shutdown_timeout_s = 10;
-  std::string metrics_listen;
+  std::string metrics_listen;  // serve has /metrics on its --listen address
 };
 
 void add_serve_options(CLI::App& cmd, ServeArgs& args, const std::string& default_broker);

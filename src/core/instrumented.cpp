@@ -31,14 +31,14 @@ void InstrumentedPublisher::publish_batch_async(const std::string& topic, std::v
   }
 }
 
-void collect_backlog(metrics::Registry& registry, const std::shared_ptr<Broker>& broker) {
+void collect_backlog(metrics::Registry& registry, const std::shared_ptr<Broker>& broker, std::string backend) {
   if (!broker->admin()) return;
   auto& backlog = registry.gauge("ferry_backlog", "Messages a group has not settled yet.", {"backend", "topic", "group"});
   auto& in_flight = registry.gauge("ferry_in_flight_deliveries", "Deliveries handed out and not yet settled.",
                                    {"backend", "topic", "group"});
   auto& retained = registry.gauge("ferry_topic_messages", "Messages the broker retains.", {"backend", "topic"});
   std::weak_ptr<Broker> weak = broker;
-  std::string backend = broker->url().scheme();
+  if (backend.empty()) backend = broker->url().scheme();
   registry.add_collector([weak, backend, &backlog, &in_flight, &retained] {
     auto b = weak.lock();
     if (!b || !b->admin()) return;

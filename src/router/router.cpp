@@ -54,7 +54,7 @@ struct Router::Impl {
 };
 
 void Router::Impl::handle(Entry& e, Delivery& d) {
-  Request request(d, e.options.name, e.options.broker->url().scheme());
+  Request request(d, e.options.name, e.options.backend.empty() ? e.options.broker->url().scheme() : e.options.backend);
   {
     std::lock_guard lock(e.active_mutex);
     e.active.insert(&request.cancel());

@@ -13,6 +13,7 @@
 #include <set>
 #include <thread>
 
+#include "prometheus_text.hpp"
 #include "e2e_support.hpp"
 
 namespace ferry::e2e {
@@ -259,8 +260,14 @@ TEST_F(OrderService, PostsThroughTheNamedBroker) {
   }
   auto metrics = client.get("/metrics");
   EXPECT_EQ(metrics.status, 200);
-  EXPECT_NE(metrics.body.find(R"(ferry_http_requests_total{method="POST",code="202"} 3)"), std::string::npos)
-      << metrics.body;
+  auto parsed = ferry::testing::parse_prometheus(metrics.body);  // throws on any malformed line
+  EXPECT_EQ(parsed.value("ferry_http_requests_total", {{"route", "/orders"}, {"method", "POST"}, {"code", "202"}}), 1);
+  EXPECT_EQ(parsed.value("ferry_http_requests_total",
+                         {{"route", "/orders/{backend}"}, {"method", "POST"}, {"code", "202"}}),
+            2);
+  EXPECT_EQ(parsed.value("ferry_published_total", {{"backend", "main"}, {"topic", "orders"}}), 2);
+  EXPECT_EQ(parsed.value("ferry_published_total", {{"backend", "second"}, {"topic", "orders"}}), 1);
+  EXPECT_EQ(parsed.value("ferry_publish_duration_seconds_count", {{"backend", "second"}}), 1);
   EXPECT_EQ(published(broker_url(), dir_.path().string()), 2u);
   EXPECT_EQ(published(second, dir_.path().string()), 1u);
 
@@ -413,6 +420,39 @@ TEST_F(OrderService, TwoConsumeProcessesShareTheOrders) {
   EXPECT_EQ(parse_number(a->log(), R"(duplicates ([0-9]+))"), 0u);
   EXPECT_EQ(parse_number(b->log(), R"(duplicates ([0-9]+))"), 0u);
   EXPECT_EQ(store_count(store_path(), "SELECT COUNT(*) FROM processed_messages"), kOrders);
+  serve->signal(SIGTERM);
+  EXPECT_EQ(serve->wait_exit(15s), 0);
+}
+
+TEST_F(OrderService, ConsumeReportsPrometheusMetricsThatMatchWhatItDid) {
+  auto [serve, port] = this->serve({"--no-processor"});
+  HttpClient client(port);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    auto r = client.post_json("/orders", order_body("metrics-" + std::to_string(i)));
+    ASSERT_EQ(r.status, 202) << r.body;
+    ids.push_back(json_field(r.body, "order_id"));
+  }
+  auto consumer = start("consume", {"--metrics-listen", "127.0.0.1:0"});
+  auto metrics_port = consumer->wait_listening();
+  ASSERT_NE(metrics_port, 0) << consumer->log();
+  ASSERT_TRUE(wait_processed(port, ids, 30s).empty()) << consumer->log();
+
+  HttpClient metrics_client(metrics_port);
+  auto r = metrics_client.get("/metrics");
+  ASSERT_EQ(r.status, 200);
+  auto parsed = ferry::testing::parse_prometheus(r.body);  // throws on any malformed line
+  std::map<std::string, std::string> labels{{"backend", "sqlite"}, {"topic", "orders"}, {"group", "order-processor"}};
+  EXPECT_EQ(parsed.value("ferry_consumed_total", labels), 5) << r.body;
+  EXPECT_EQ(parsed.value("ferry_acks_total", labels), 5);
+  EXPECT_EQ(parsed.value("ferry_handler_duration_seconds_count", labels), 5);
+  EXPECT_EQ(parsed.value("ferry_in_flight", labels), 0);
+  EXPECT_EQ(parsed.value("ferry_backlog", labels), 0);
+  EXPECT_EQ(metrics_client.get("/healthz").status, 200);
+  EXPECT_EQ(metrics_client.get("/readyz").status, 200);
+
+  consumer->signal(SIGTERM);
+  EXPECT_EQ(consumer->wait_exit(15s), 0);
   serve->signal(SIGTERM);
   EXPECT_EQ(serve->wait_exit(15s), 0);
 }

@@ -31,6 +31,7 @@ namespace ferry {
 struct HandlerOptions {
   std::string name{};                   // unique per router; in logs, metrics and thread names
   std::shared_ptr<Broker> broker{};
+  std::string backend{};                // the broker's label in metrics; its URL scheme when empty
   std::string topic{};
   std::string group{};
   int concurrency = 1;
