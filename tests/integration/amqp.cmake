@@ -17,3 +17,24 @@ target_link_libraries(ferry_amqp_conformance_tests PRIVATE ferry_core ferry_amqp
                       GTest::gtest_main ferry_warnings)
 add_test(NAME amqp.conformance COMMAND ferry_amqp_conformance_tests)
 set_tests_properties(amqp.conformance PROPERTIES LABELS "conformance;amqp;integration" TIMEOUT 600)
+
+# Broker restart mid-stream, interop with python3-pika, topology and errors, TLS, and
+# `ferry serve` on amqp://.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(ferry_test_librabbitmq REQUIRED IMPORTED_TARGET librabbitmq)
+target_link_libraries(ferry_rabbitmq_fixture PRIVATE PkgConfig::ferry_test_librabbitmq)
+
+add_executable(ferry_amqp_integration_tests
+  ${CMAKE_CURRENT_LIST_DIR}/amqp_restart_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/amqp_interop_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/amqp_topology_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/amqp_serve_test.cpp
+  ${PROJECT_SOURCE_DIR}/tests/e2e/e2e_support.cpp)
+target_include_directories(ferry_amqp_integration_tests PRIVATE ${PROJECT_SOURCE_DIR}/tests/e2e)
+target_link_libraries(ferry_amqp_integration_tests PRIVATE ferry_core ferry_amqp ferry_rabbitmq_fixture
+                      GTest::gtest_main SQLite::SQLite3 Boost::json Threads::Threads ferry_warnings)
+target_compile_definitions(ferry_amqp_integration_tests PRIVATE FERRY_BINARY="$<TARGET_FILE:ferry>"
+                           BOOST_ASIO_NO_DEPRECATED)
+add_dependencies(ferry_amqp_integration_tests ferry)
+add_test(NAME amqp.integration COMMAND ferry_amqp_integration_tests)
+set_tests_properties(amqp.integration PROPERTIES LABELS "integration;amqp" TIMEOUT 600)

@@ -10,6 +10,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+
 #include <fstream>
 #include <memory>
 #include <random>
@@ -301,6 +304,43 @@ std::string RabbitMq::log_tail(std::size_t bytes) const {
   return read_file(dir_ / "log" / "node.log", bytes) + "\n--- console ---\n" + read_file(dir_ / "console.log", bytes);
 }
 
+std::optional<QueueCounts> queue_counts(int port, const std::string& queue) {
+  amqp_connection_state_t conn = amqp_new_connection();
+  amqp_socket_t* socket = amqp_tcp_socket_new(conn);
+  std::optional<QueueCounts> out;
+  if (socket && amqp_socket_open(socket, "127.0.0.1", port) == AMQP_STATUS_OK &&
+      amqp_login(conn, "/", 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, "guest", "guest").reply_type ==
+          AMQP_RESPONSE_NORMAL) {
+    amqp_channel_open(conn, 1);
+    if (amqp_get_rpc_reply(conn).reply_type == AMQP_RESPONSE_NORMAL) {
+      auto* ok = amqp_queue_declare(conn, 1, amqp_bytes_t{queue.size(), const_cast<char*>(queue.data())}, 1, 0, 0, 0,
+                                    amqp_empty_table);
+      if (ok != nullptr) out = QueueCounts{ok->message_count, ok->consumer_count};
+    }
+    amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
+  } else {
+    throw std::runtime_error("cannot connect to RabbitMQ on port " + std::to_string(port));
+  }
+  amqp_destroy_connection(conn);
+  return out;
+}
+
+int run_python(const std::string& script, const std::vector<std::string>& args, std::string& output) {
+  fs::path dir = fs::temp_directory_path();
+  std::random_device random;
+  fs::path log = dir / ("ferry-python-" + std::to_string(random()) + ".log");
+  Exec exec;
+  exec.args = {"/usr/bin/python3", "-c", script};
+  exec.args.insert(exec.args.end(), args.begin(), args.end());
+  exec.env = {"PATH=/usr/bin:/bin", "LC_ALL=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1"};
+  int pid = spawn(exec, log, dir, false, 0, 0);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  output = read_file(log, 1 << 20);
+  fs::remove(log);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 RabbitMq& rabbitmq() {
   auto& n = node();
   if (!n) throw std::runtime_error("the RabbitMQ node was not started: call ferry::testing::use_rabbitmq()");
@@ -319,8 +359,11 @@ void RabbitMqEnvironment::SetUp() {
 void RabbitMqEnvironment::TearDown() { node().reset(); }
 
 bool use_rabbitmq() {
-  ::testing::AddGlobalTestEnvironment(new RabbitMqEnvironment);
-  return true;
+  static const bool added = [] {
+    ::testing::AddGlobalTestEnvironment(new RabbitMqEnvironment);
+    return true;
+  }();
+  return added;
 }
 
 }  // namespace ferry::testing

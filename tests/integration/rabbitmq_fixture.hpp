@@ -12,8 +12,11 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace ferry::testing {
 
@@ -63,6 +66,18 @@ class RabbitMq {
   bool drop_privileges_ = false;
 };
 
+// Messages ready in a queue and its consumers, read with a passive queue.declare over a
+// connection of its own (rabbitmq-c, not ferry); nothing if the queue does not exist.
+struct QueueCounts {
+  std::uint32_t messages = 0;
+  std::uint32_t consumers = 0;
+};
+std::optional<QueueCounts> queue_counts(int port, const std::string& queue);
+
+// Runs `/usr/bin/python3 -c script args...` (Debian's python3 with python3-pika);
+// returns its exit code and puts its standard output and error in `output`.
+int run_python(const std::string& script, const std::vector<std::string>& args, std::string& output);
+
 // The node of this test executable (started by RabbitMqEnvironment).
 RabbitMq& rabbitmq();
 
@@ -73,8 +88,9 @@ class RabbitMqEnvironment : public ::testing::Environment {
   void TearDown() override;
 };
 
-// Adds RabbitMqEnvironment to gtest; use once per executable, before RUN_ALL_TESTS
-// (a namespace-scope `static const bool x = ferry::testing::use_rabbitmq();` does).
+// Adds RabbitMqEnvironment to gtest, once however often it is called; call it before
+// RUN_ALL_TESTS (a namespace-scope `const bool x = ferry::testing::use_rabbitmq();` in
+// each test file does).
 bool use_rabbitmq();
 
 }  // namespace ferry::testing

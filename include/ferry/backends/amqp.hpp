@@ -18,10 +18,11 @@
 //                          subscriber of this broker handle
 //   connections=4          publisher connections, each with its own thread (1 to 64)
 //   confirm_window=512     publishes sent and not yet confirmed, per connection
-//   max_in_flight=20000    publishes accepted and not yet confirmed, for the handle;
-//                          past it a publish waits up to publish_timeout, then fails
-//   publish_timeout=5s     how long a publish may wait for room, for a connection and
-//                          for its confirm before it fails with Errc::timeout
+//   max_in_flight=N        publishes accepted and not yet confirmed, for the handle
+//                          (default 2 x connections x confirm_window); past it a
+//                          publish waits up to publish_timeout, then fails
+//   publish_timeout=5s     how long a publish may wait for room, then to be sent, then
+//                          for its confirm, before it fails with Errc::timeout
 //   connect_timeout=5s     TCP connect, TLS and AMQP handshakes, and every RPC
 //   heartbeat=10s          AMQP heartbeat interval (0 disables it)
 //   amqps:// only: cacert=PATH (CA bundle), cert=PATH and key=PATH (client certificate),
@@ -101,7 +102,7 @@
 //     settlements (waiting up to publish_timeout for copies to be confirmed), then
 //     closes the channel: the broker requeues the rest.
 //   - Admin calls open a short-lived connection on the calling thread.
-//   - Reconnection: a lost connection is retried with backoff (100 ms doubling to 5 s)
+//   - Reconnection: a lost connection is retried with backoff (100 ms doubling to 2 s)
 //     by its own thread; subscribers declare the topology again and resume consuming;
 //     their unsettled deliveries come back from the broker, and settling the old ones
 //     does nothing. While a publisher connection is down, a publish fails at once with

@@ -84,6 +84,8 @@ Options Options::from_url(const Url& url) {
       bad("unknown amqp option '" + key + "' in " + url.masked() + "; known: " + kKnown);
     }
   }
+  if (o.max_in_flight == 0)
+    o.max_in_flight = 2 * static_cast<std::size_t>(o.connections) * static_cast<std::size_t>(o.confirm_window);
   if (o.cert.empty() != o.key.empty()) bad("amqp options cert and key go together: give both or neither");
   if (o.routing_key.size() && o.exchange_type == ExchangeType::fanout)
     bad("amqp option routing_key needs exchange_type=direct or topic (a fanout exchange ignores keys)");

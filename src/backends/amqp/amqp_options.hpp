@@ -29,7 +29,7 @@ struct Options {
   std::optional<int> prefetch{};
   int connections = 4;
   int confirm_window = 512;
-  std::size_t max_in_flight = 20'000;
+  std::size_t max_in_flight = 0;  // 0 until from_url: 2 x connections x confirm_window
   Ms publish_timeout{5'000};
   Ms connect_timeout{5'000};
   int heartbeat_s = 10;

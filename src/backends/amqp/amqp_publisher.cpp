@@ -27,8 +27,9 @@ constexpr amqp_channel_t kPublishChannel = 1;
 constexpr amqp_channel_t kDeclareChannel = 2;
 constexpr Ms kMinRetryGap{100};
 constexpr Ms kFirstBackoff{100};
-constexpr Ms kMaxBackoff{5000};
+constexpr Ms kMaxBackoff{2000};
 constexpr Ms kIdlePoll{100};
+constexpr Ms kWarnEvery{5000};  // at most one "cannot reach" warning per connection this often
 
 void run_callback(const PublishCallback& done, const Status& status) noexcept {
   if (!done) return;
@@ -52,7 +53,7 @@ struct Batch {
   std::string routing_key;
   std::vector<Message> messages;
   PublishCallback done;
-  SteadyClock::time_point deadline;
+  SteadyClock::time_point deadline;  // to get room and to be sent
   std::size_t next = 0;        // the next message to send
   std::size_t unresolved = 0;  // messages neither confirmed nor failed
   bool finished = false;       // `done` has run
@@ -133,6 +134,7 @@ class PublisherLink {
   struct Slot {
     std::shared_ptr<Batch> batch;
     std::size_t index = 0;
+    SteadyClock::time_point deadline{};  // for the confirm: publish_timeout after sending
     bool resolved = false;
     std::string returned;  // why the broker returned it, if it did
   };
@@ -237,8 +239,10 @@ class PublisherLink {
         conn_.reset();
         state_ = State::down;
         last_error_ = {e.code() == Errc::timeout ? Errc::unavailable : e.code(), e.what()};
-        if (backoff_ == kFirstBackoff || backoff_ == kMaxBackoff)
+        if (now - last_warning_ >= kWarnEvery) {
           spdlog::warn("amqp publisher {}: {}; retrying", index_, e.what());
+          last_warning_ = now;
+        }
         backoff_ = std::min(kMaxBackoff, backoff_ * 2);
       }
     }
@@ -297,7 +301,7 @@ class PublisherLink {
                          Connection::describe_status(rc) + ")");
         return;
       }
-      window_.push_back(Slot{sending_.front(), index, false, {}});
+      window_.push_back(Slot{sending_.front(), index, SteadyClock::now() + options_->publish_timeout, false, {}});
       ++unresolved_in_window_;
       if (++b.next == b.messages.size()) sending_.pop_front();
     }
@@ -434,12 +438,12 @@ class PublisherLink {
     returning_ = false;
   }
 
-  // Fails the oldest unconfirmed messages whose deadline has passed.
+  // Fails the oldest unconfirmed messages whose confirm is overdue.
   void expire() {
     const auto now = SteadyClock::now();
     for (auto& slot : window_) {
       if (slot.resolved) continue;
-      if (slot.batch->deadline > now) break;
+      if (slot.deadline > now) break;
       resolve_slot(slot, {Errc::timeout, "no confirm from " + options_->display + " within publish_timeout=" +
                                              ms_text(options_->publish_timeout) +
                                              " (is the broker overloaded or blocking publishers?)"});
@@ -552,6 +556,7 @@ class PublisherLink {
   bool connected_once_ = false;
   Status last_error_;
   SteadyClock::time_point last_attempt_{};
+  SteadyClock::time_point last_warning_{};
   Ms backoff_ = kFirstBackoff;
 };
 

@@ -22,8 +22,9 @@ using SteadyClock = std::chrono::steady_clock;
 constexpr amqp_channel_t kConsumeChannel = 1;
 constexpr amqp_channel_t kCopyChannel = 2;
 constexpr Ms kFirstBackoff{100};
-constexpr Ms kMaxBackoff{5000};
+constexpr Ms kMaxBackoff{2000};
 constexpr Ms kIdlePoll{250};
+constexpr Ms kWarnEvery{5000};
 
 std::string quoted(const std::string& s) { return "'" + s + "'"; }
 
@@ -82,6 +83,7 @@ void Subscription::start() {
 void Subscription::run() {
   Ms backoff = kFirstBackoff;
   bool first = true;
+  SteadyClock::time_point last_warning{};
   while (true) {
     {
       std::lock_guard lock(mutex_);
@@ -97,8 +99,10 @@ void Subscription::run() {
         started_.set_value({e.code(), e.what()});
         return;
       }
-      if (backoff == kFirstBackoff || backoff == kMaxBackoff)
+      if (SteadyClock::now() - last_warning >= kWarnEvery) {
+        last_warning = SteadyClock::now();
         spdlog::warn("amqp subscriber {}/{}: {}; retrying", subscribe_.topic, subscribe_.group, e.what());
+      }
       wait_io(nullptr, backoff);
       backoff = std::min(kMaxBackoff, backoff * 2);
       continue;
