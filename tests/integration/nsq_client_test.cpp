@@ -67,6 +67,26 @@ TEST_F(NsqClient, ReconnectsAfterThePeerRestartsAndNewPublishesFlow) {
   broker->close();
 }
 
+TEST_F(NsqClient, AnswersHeartbeatsSoIdleConnectionsStayOpen) {
+  Peer peer;
+  peer.start();
+  auto broker = Broker::open(peer.url() + "?heartbeat=1s");
+  const auto topic = unique("idle");
+  auto sub = broker->subscribe({.topic = topic, .group = "g", .prefetch = 2});
+  const auto accepted = peer.stats().connections_accepted;  // the publisher's and the subscriber's
+  std::this_thread::sleep_for(3500ms);  // three heartbeats; a silent client is dropped after two
+  EXPECT_EQ(peer.stats().heartbeat_disconnects, 0u);
+  for (int i = 0; i < 10; ++i) broker->publisher().publish(topic, Message::with_payload("m" + std::to_string(i)));
+  for (int i = 0; i < 10; ++i) {
+    auto d = sub->receive(5s);
+    ASSERT_TRUE(d);
+    d->ack();
+  }
+  auto stats = peer.stats();
+  EXPECT_EQ(stats.connections_accepted, accepted) << "a connection was replaced";
+  EXPECT_EQ(stats.max_in_flight_seen_over_rdy, 0u);
+}
+
 TEST_F(NsqClient, OpenFailsClearlyWhenNoNsqdIsReachable) {
   Peer peer;
   peer.start();

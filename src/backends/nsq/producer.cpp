@@ -178,7 +178,9 @@ void Producer::with_addresses(std::function<void(std::vector<Endpoint>)> fn) {
 void Producer::ensure_connected() {
   if (connecting_ || (conn_ && conn_->ready()) || (io_closed_ && queued_.empty())) return;
   connecting_ = true;
-  with_addresses([self = shared_from_this()](std::vector<Endpoint> addresses) {
+  with_addresses([weak = weak_from_this()](std::vector<Endpoint> addresses) {
+    auto self = weak.lock();
+    if (!self) return;
     if (!addresses.empty()) self->addresses_ = std::move(addresses);
     self->attempt(0);
   });
@@ -191,13 +193,22 @@ void Producer::attempt(std::size_t tries) {
   }
   const Endpoint endpoint = addresses_[current_ % addresses_.size()];
   auto conn = std::make_shared<Connection>(*engine_, options_, endpoint, Ms{0}, "producer");
+  // The connection's handlers hold the producer weakly: a connection still closing when
+  // the io thread stops must not keep the producer (and the engine) alive.
   std::weak_ptr<Connection> weak = conn;
-  auto self = shared_from_this();
-  conn->start([self, weak, tries](const Status& s) { self->on_ready(weak.lock(), s, tries); },
-              [self, weak](Frame& frame) {
-                if (auto c = weak.lock()) self->on_frame(c, frame);
-              },
-              [self, weak](const Status& s) { self->on_closed(weak.lock(), s); });
+  std::weak_ptr<Producer> weak_self = weak_from_this();
+  conn->start(
+      [weak_self, weak, tries](const Status& s) {
+        if (auto self = weak_self.lock()) self->on_ready(weak.lock(), s, tries);
+      },
+      [weak_self, weak](Frame& frame) {
+        auto self = weak_self.lock();
+        auto c = weak.lock();
+        if (self && c) self->on_frame(c, frame);
+      },
+      [weak_self, weak](const Status& s) {
+        if (auto self = weak_self.lock()) self->on_closed(weak.lock(), s);
+      });
   conn_ = conn;
 }
 

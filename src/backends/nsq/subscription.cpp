@@ -269,8 +269,9 @@ std::optional<Delivery> Subscription::receive(Ms timeout) {
 
 void Subscription::settle(std::uint64_t token, Outcome outcome, Ms delay, const std::string& reason) noexcept {
   try {
-    engine_->post([self = shared_from_this(), token, outcome, delay, reason] {
-      self->do_settle(token, outcome, delay, reason);
+    // Held weakly: a settlement queued after the broker closed must not keep this alive.
+    engine_->post([weak = weak_from_this(), token, outcome, delay, reason] {
+      if (auto self = weak.lock()) self->do_settle(token, outcome, delay, reason);
     });
   } catch (const std::exception& e) {
     spdlog::error("nsq subscriber {}/{}: a settlement was dropped: {}", subscribe_.topic, channel_, e.what());
