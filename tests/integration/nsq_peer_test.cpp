@@ -142,6 +142,12 @@ TEST_F(NsqPeerProtocol, IdentifyNegotiatesAndChecksRanges) {
   EXPECT_EQ(e->data.rfind("E_BAD_BODY", 0), 0u) << e->data;
   EXPECT_TRUE(bad.wait_closed(2s));
 
+  RawClient bad_buffer(peer_->port());
+  bad_buffer.command("IDENTIFY", R"({"output_buffer_size": 10})");
+  auto e2 = bad_buffer.next();
+  ASSERT_TRUE(e2);
+  EXPECT_EQ(e2->data.rfind("E_BAD_BODY", 0), 0u) << e2->data;
+
   RawClient plain(peer_->port());  // without feature negotiation: OK
   plain.command("IDENTIFY", R"({"client_id":"old"})");
   auto ok = plain.next();

@@ -623,6 +623,13 @@ void Peer::Impl::on_command(Client& client, Command& command) {
     else if (heartbeat >= 1000 && heartbeat <= options.max_heartbeat.count()) client.heartbeat = Ms{heartbeat};
     else return fatal("E_BAD_BODY IDENTIFY heartbeat interval (" + std::to_string(heartbeat) + ") is invalid");
     client.next_heartbeat = SteadyClock::now() + client.heartbeat;
+    // Accepted and ignored (the peer writes at once), but range-checked as nsqd does.
+    const long long buffer_size = int_field("output_buffer_size");
+    if (buffer_size != -1 && buffer_size != 0 && (buffer_size < 64 || buffer_size > 65536))
+      return fatal("E_BAD_BODY IDENTIFY output buffer size (" + std::to_string(buffer_size) + ") is invalid");
+    const long long buffer_timeout = int_field("output_buffer_timeout");
+    if (buffer_timeout < -1 || buffer_timeout > 1000)
+      return fatal("E_BAD_BODY IDENTIFY output buffer timeout (" + std::to_string(buffer_timeout) + ") is invalid");
     const long long timeout = int_field("msg_timeout");
     if (timeout != 0) {
       if (timeout < 1000 || timeout > options.max_msg_timeout.count())

@@ -146,7 +146,8 @@ void Connection::on_connected() {
   identify["user_agent"] = "ferry/" FERRY_NSQ_VERSION;
   identify["feature_negotiation"] = true;
   identify["heartbeat_interval"] = options_.heartbeat.count() > 0 ? options_.heartbeat.count() : -1;
-  // Flush buffered messages to consumers within 25 ms rather than nsqd's default 250 ms.
+  // nsqd's default buffer, flushed to consumers within 25 ms rather than its default 250 ms.
+  identify["output_buffer_size"] = 16384;
   identify["output_buffer_timeout"] = 25;
   if (msg_timeout_.count() > 0) identify["msg_timeout"] = msg_timeout_.count();
   std::string hello(kMagicV2);
