@@ -29,14 +29,22 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (arg == "--url") url = next();
-    else if (arg == "--messages") config.messages = std::stoull(next());
-    else if (arg == "--size") config.size = std::stoul(next());
-    else if (arg == "--producers") config.producers = std::stoi(next());
-    else if (arg == "--window") config.window = std::stoi(next());
-    else if (arg == "--batch") config.batch = std::stoi(next());
-    else if (arg == "--consumers") config.consumers = std::stoi(next());
-    else if (arg == "--json") json = true;
+    if (arg == "--url")
+      url = next();
+    else if (arg == "--messages")
+      config.messages = std::stoull(next());
+    else if (arg == "--size")
+      config.size = std::stoul(next());
+    else if (arg == "--producers")
+      config.producers = std::stoi(next());
+    else if (arg == "--window")
+      config.window = std::stoi(next());
+    else if (arg == "--batch")
+      config.batch = std::stoi(next());
+    else if (arg == "--consumers")
+      config.consumers = std::stoi(next());
+    else if (arg == "--json")
+      json = true;
     else {
       std::cerr << "usage: nsq_peer_bench [--url nsq://HOST:PORT] [--messages N] [--size BYTES] [--producers P] "
                    "[--window W] [--batch B] [--consumers C] [--json]\n";
@@ -54,8 +62,10 @@ int main(int argc, char** argv) {
   try {
     config.validate();
     auto result = ferry::bench::run(config);
-    if (json) ferry::bench::print_json(std::cout, config, result);
-    else ferry::bench::print_text(std::cout, config, result);
+    if (json)
+      ferry::bench::print_json(std::cout, config, result);
+    else
+      ferry::bench::print_text(std::cout, config, result);
     return result.publish_errors == 0 ? 0 : 1;
   } catch (const ferry::Error& e) {
     std::cerr << "nsq_peer_bench: " << e.what() << "\n";

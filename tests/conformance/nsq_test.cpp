@@ -10,8 +10,9 @@
 // restarts, so the backend is not `persistent` and the restart cases skip for that
 // reason. Reconnecting after a restart is covered by tests/integration/nsq_client_test.cpp.
 
-#include "conformance.hpp"
 #include "ferry/backends/nsq.hpp"
+
+#include "conformance.hpp"
 #include "nsq_peer.hpp"
 
 namespace {
@@ -28,7 +29,9 @@ ferry::nsq_peer::Peer& peer() {
   return *instance;
 }
 
-std::string make_nsq_url() { return peer().url() + "?max_message_size=4194304&max_body_size=8388608"; }
+std::string make_nsq_url() {
+  return peer().url() + "?max_message_size=4194304&max_body_size=8388608";
+}
 
 }  // namespace
 

@@ -74,7 +74,7 @@ TEST_F(NsqClient, AnswersHeartbeatsSoIdleConnectionsStayOpen) {
   const auto topic = unique("idle");
   auto sub = broker->subscribe({.topic = topic, .group = "g", .prefetch = 2});
   const auto accepted = peer.stats().connections_accepted;  // the publisher's and the subscriber's
-  std::this_thread::sleep_for(3500ms);  // three heartbeats; a silent client is dropped after two
+  std::this_thread::sleep_for(3500ms);                      // three heartbeats; a silent client is dropped after two
   EXPECT_EQ(peer.stats().heartbeat_disconnects, 0u);
   for (int i = 0; i < 10; ++i) broker->publisher().publish(topic, Message::with_payload("m" + std::to_string(i)));
   for (int i = 0; i < 10; ++i) {
@@ -262,8 +262,8 @@ TEST_F(NsqClient, AuthenticatesWhenNsqdAsks) {
 TEST_F(NsqClient, UrlOptionsAreCheckedAtOpen) {
   Peer peer;
   peer.start();
-  for (const std::string query : {"?nosuch=1", "?heartbeat=100ms", "?msg_timeout=10ms", "?max_in_flight=0",
-                                  "?max_attempts=x", "?lookupd="}) {
+  for (const std::string query :
+       {"?nosuch=1", "?heartbeat=100ms", "?msg_timeout=10ms", "?max_in_flight=0", "?max_attempts=x", "?lookupd="}) {
     try {
       Broker::open(peer.url() + query);
       ADD_FAILURE() << query << " was accepted";

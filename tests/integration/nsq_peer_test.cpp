@@ -2,6 +2,8 @@
 // tests rely on (RDY accounting, msg_timeout and requeue, REQ delay, TOUCH, E_FIN_FAILED,
 // heartbeats, CLS, IDENTIFY checks, fan-out and load balancing, hostile input).
 
+#include "nsq_peer.hpp"
+
 #include <gtest/gtest.h>
 #include <poll.h>
 
@@ -10,11 +12,9 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/json.hpp>
-
 #include <thread>
 
 #include "frame.hpp"
-#include "nsq_peer.hpp"
 
 namespace ferry::nsq {
 namespace {
@@ -105,7 +105,9 @@ class RawClient {
   FrameReader reader_;
 };
 
-std::string id_of(const WireMessage& m) { return std::string(id_view(m.id)); }
+std::string id_of(const WireMessage& m) {
+  return std::string(id_view(m.id));
+}
 
 class NsqPeerProtocol : public ::testing::Test {
  protected:

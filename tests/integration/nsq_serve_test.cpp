@@ -19,8 +19,9 @@ class NsqServe : public ::testing::Test {
   void SetUp() override { peer_.start(); }
 
   std::unique_ptr<FerryProcess> start(const std::string& command, std::vector<std::string> extra = {}) {
-    std::vector<std::string> args{command, "--store", dir_.file("orders.db"), "--broker",
-                                  peer_.url() + "?max_backoff=200ms", "--ack-timeout", "2"};
+    std::vector<std::string> args{
+        command,         "--store", dir_.file("orders.db"), "--broker", peer_.url() + "?max_backoff=200ms",
+        "--ack-timeout", "2"};
     if (command == "serve") args.insert(args.end(), {"--listen", "127.0.0.1:0", "--threads", "2"});
     args.insert(args.end(), extra.begin(), extra.end());
     return std::make_unique<FerryProcess>(args, dir_.file(command + std::to_string(++started_) + ".log"),
@@ -115,8 +116,10 @@ TEST_F(NsqServe, APeerThatGoesAwayGets503AndTheServiceRecovers) {
   auto deadline = std::chrono::steady_clock::now() + 10s;
   while (id.empty() && std::chrono::steady_clock::now() < deadline) {
     auto r = client.post_json("/orders", order_body("after"));
-    if (r.status == 202) id = json_field(r.body, "order_id");
-    else std::this_thread::sleep_for(100ms);
+    if (r.status == 202)
+      id = json_field(r.body, "order_id");
+    else
+      std::this_thread::sleep_for(100ms);
   }
   ASSERT_FALSE(id.empty()) << "publishing did not recover after the peer came back\n" << serve->log();
   // The peer forgot its topics: the processor's subscription comes back with SUB and

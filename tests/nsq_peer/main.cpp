@@ -23,10 +23,14 @@ int main(int argc, char** argv) {
       }
       return std::atoll(argv[++i]);
     };
-    if (arg == "--port") options.port = static_cast<int>(value());
-    else if (arg == "--http-port") options.http_port = static_cast<int>(value());
-    else if (arg == "--max-msg-size") options.max_msg_size = static_cast<std::size_t>(value());
-    else if (arg == "--msg-timeout") options.msg_timeout = std::chrono::milliseconds{value()};
+    if (arg == "--port")
+      options.port = static_cast<int>(value());
+    else if (arg == "--http-port")
+      options.http_port = static_cast<int>(value());
+    else if (arg == "--max-msg-size")
+      options.max_msg_size = static_cast<std::size_t>(value());
+    else if (arg == "--msg-timeout")
+      options.msg_timeout = std::chrono::milliseconds{value()};
     else {
       std::cerr << "usage: nsq_test_peer [--port N] [--http-port N] [--max-msg-size BYTES] [--msg-timeout MS]\n";
       return arg == "--help" ? 0 : 2;

@@ -5,10 +5,9 @@
 #include <fcntl.h>
 #include <pthread.h>
 
+#include <atomic>
 #include <boost/asio.hpp>
 #include <boost/json.hpp>
-
-#include <atomic>
 #include <deque>
 #include <functional>
 #include <future>
@@ -41,7 +40,9 @@ constexpr Ms kTick{5};
 
 // Keeps the peer's sockets out of processes the test starts (ferry serve would otherwise
 // inherit the listening socket and hold the port across a restart).
-void close_on_exec(int fd) { ::fcntl(fd, F_SETFD, ::fcntl(fd, F_GETFD) | FD_CLOEXEC); }
+void close_on_exec(int fd) {
+  ::fcntl(fd, F_SETFD, ::fcntl(fd, F_GETFD) | FD_CLOEXEC);
+}
 
 std::map<std::string, std::string> parse_query(std::string_view query) {
   std::map<std::string, std::string> out;
@@ -89,14 +90,14 @@ class HttpServer {
     std::array<char, 4096> buffer{};
 
     void read() {
-      socket.async_read_some(asio::buffer(buffer), [self = shared_from_this()](boost::system::error_code ec,
-                                                                               std::size_t n) {
-        if (ec) return;
-        self->request.append(self->buffer.data(), n);
-        if (self->request.size() > 65536) return;
-        if (self->request.find("\r\n\r\n") == std::string::npos) return self->read();
-        self->answer();
-      });
+      socket.async_read_some(asio::buffer(buffer),
+                             [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
+                               if (ec) return;
+                               self->request.append(self->buffer.data(), n);
+                               if (self->request.size() > 65536) return;
+                               if (self->request.find("\r\n\r\n") == std::string::npos) return self->read();
+                               self->answer();
+                             });
     }
 
     void answer() {
@@ -112,12 +113,12 @@ class HttpServer {
       response = "HTTP/1.1 " + std::to_string(code) + " " + reason +
                  "\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: " + std::to_string(body.size()) +
                  "\r\nConnection: close\r\n\r\n" + body;
-      asio::async_write(socket, asio::buffer(response), [self = shared_from_this()](boost::system::error_code,
-                                                                                    std::size_t) {
-        boost::system::error_code ignored;
-        self->socket.shutdown(tcp::socket::shutdown_both, ignored);
-        self->socket.close(ignored);
-      });
+      asio::async_write(socket, asio::buffer(response),
+                        [self = shared_from_this()](boost::system::error_code, std::size_t) {
+                          boost::system::error_code ignored;
+                          self->socket.shutdown(tcp::socket::shutdown_both, ignored);
+                          self->socket.close(ignored);
+                        });
     }
   };
 
@@ -171,7 +172,9 @@ bool ends_with(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
 
-std::string id_string(const MessageId& id) { return std::string(id.data(), id.size()); }
+std::string id_string(const MessageId& id) {
+  return std::string(id.data(), id.size());
+}
 
 }  // namespace
 
@@ -312,27 +315,27 @@ class Client : public std::enable_shared_from_this<Client> {
 
  private:
   void read() {
-    socket_.async_read_some(asio::buffer(buffer_), [self = shared_from_this()](boost::system::error_code ec,
-                                                                               std::size_t n) {
-      if (self->closed) return;
-      if (ec) {
-        self->peer_.remove_client(self);
-        return;
-      }
-      self->last_read = SteadyClock::now();
-      self->reader_.feed(std::string_view(self->buffer_.data(), n));
-      while (!self->closing_after_write && !self->closed) {
-        auto command = self->reader_.next();
-        if (!command) break;
-        self->peer_.on_command(*self, *command);
-      }
-      if (self->closed) return;
-      if (self->reader_.failed()) {
-        self->send_error(self->reader_.error(), true);
-        return;
-      }
-      if (!self->closing_after_write) self->read();
-    });
+    socket_.async_read_some(asio::buffer(buffer_),
+                            [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
+                              if (self->closed) return;
+                              if (ec) {
+                                self->peer_.remove_client(self);
+                                return;
+                              }
+                              self->last_read = SteadyClock::now();
+                              self->reader_.feed(std::string_view(self->buffer_.data(), n));
+                              while (!self->closing_after_write && !self->closed) {
+                                auto command = self->reader_.next();
+                                if (!command) break;
+                                self->peer_.on_command(*self, *command);
+                              }
+                              if (self->closed) return;
+                              if (self->reader_.failed()) {
+                                self->send_error(self->reader_.error(), true);
+                                return;
+                              }
+                              if (!self->closing_after_write) self->read();
+                            });
   }
 
   void write() {
@@ -340,18 +343,20 @@ class Client : public std::enable_shared_from_this<Client> {
     writing_.swap(out);
     out.clear();
     writing_now = true;
-    asio::async_write(socket_, asio::buffer(writing_), [self = shared_from_this()](boost::system::error_code ec,
-                                                                                   std::size_t) {
-      self->writing_now = false;
-      self->writing_.clear();
-      if (self->closed) return;
-      if (ec) {
-        self->peer_.remove_client(self);
-        return;
-      }
-      if (!self->out.empty()) self->write();
-      else if (self->closing_after_write) self->finish();
-    });
+    asio::async_write(socket_, asio::buffer(writing_),
+                      [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+                        self->writing_now = false;
+                        self->writing_.clear();
+                        if (self->closed) return;
+                        if (ec) {
+                          self->peer_.remove_client(self);
+                          return;
+                        }
+                        if (!self->out.empty())
+                          self->write();
+                        else if (self->closing_after_write)
+                          self->finish();
+                      });
   }
 
   void finish() {
@@ -380,15 +385,15 @@ void Peer::Impl::startup() {
   bound_port = acceptor->local_endpoint().port();
   options.port = bound_port;
   if (options.http_port >= 0) {
-    http = std::make_unique<HttpServer>(io, options.host, options.http_port,
-                                        [this](const std::string& path, const std::map<std::string, std::string>&) {
-                                          if (path == "/ping") return std::pair<int, std::string>{200, "OK"};
-                                          if (path == "/info")
-                                            return std::pair<int, std::string>{
-                                                200, json::serialize(json::object{{"version", kVersion}})};
-                                          if (path == "/stats") return std::pair<int, std::string>{200, stats_json()};
-                                          return std::pair<int, std::string>{404, R"({"message":"NOT_FOUND"})"};
-                                        });
+    http = std::make_unique<HttpServer>(
+        io, options.host, options.http_port,
+        [this](const std::string& path, const std::map<std::string, std::string>&) {
+          if (path == "/ping") return std::pair<int, std::string>{200, "OK"};
+          if (path == "/info")
+            return std::pair<int, std::string>{200, json::serialize(json::object{{"version", kVersion}})};
+          if (path == "/stats") return std::pair<int, std::string>{200, stats_json()};
+          return std::pair<int, std::string>{404, R"({"message":"NOT_FOUND"})"};
+        });
     bound_http_port = http->port();
     options.http_port = bound_http_port;
   }
@@ -443,8 +448,10 @@ void Peer::Impl::remove_client(const std::shared_ptr<Client>& client) {
     return !p || p == client;
   });
   // Its in-flight messages wait for their timeout, as in nsqd.
-  if (channel.ephemeral && channel.clients.empty()) t->second->channels.erase(c);
-  else dispatch(channel);
+  if (channel.ephemeral && channel.clients.empty())
+    t->second->channels.erase(c);
+  else
+    dispatch(channel);
 }
 
 Topic& Peer::Impl::topic_for(const std::string& name) {
@@ -475,14 +482,15 @@ Channel& Peer::Impl::channel_for(Topic& topic, const std::string& name) {
 
 void Peer::Impl::enqueue(Channel& channel, MsgPtr msg, Ms defer) {
   ++channel.message_count;
-  if (defer.count() > 0) channel.deferred.emplace(SteadyClock::now() + defer, std::move(msg));
-  else channel.queue.push_back(std::move(msg));
+  if (defer.count() > 0)
+    channel.deferred.emplace(SteadyClock::now() + defer, std::move(msg));
+  else
+    channel.queue.push_back(std::move(msg));
 }
 
 void Peer::Impl::put(Topic& topic, std::vector<std::string> bodies, Ms defer) {
-  const auto now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                          std::chrono::system_clock::now().time_since_epoch())
-                          .count();
+  const auto now_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
   for (auto& body : bodies) {
     auto msg = std::make_shared<Msg>();
     const std::string id = nsq::hex_id(++next_message);
@@ -618,10 +626,14 @@ void Peer::Impl::on_command(Client& client, Command& command) {
       return v && v->is_int64() ? v->as_int64() : 0;
     };
     const long long heartbeat = int_field("heartbeat_interval");
-    if (heartbeat == -1) client.heartbeat = Ms{0};
-    else if (heartbeat == 0) client.heartbeat = options.default_heartbeat;
-    else if (heartbeat >= 1000 && heartbeat <= options.max_heartbeat.count()) client.heartbeat = Ms{heartbeat};
-    else return fatal("E_BAD_BODY IDENTIFY heartbeat interval (" + std::to_string(heartbeat) + ") is invalid");
+    if (heartbeat == -1)
+      client.heartbeat = Ms{0};
+    else if (heartbeat == 0)
+      client.heartbeat = options.default_heartbeat;
+    else if (heartbeat >= 1000 && heartbeat <= options.max_heartbeat.count())
+      client.heartbeat = Ms{heartbeat};
+    else
+      return fatal("E_BAD_BODY IDENTIFY heartbeat interval (" + std::to_string(heartbeat) + ") is invalid");
     client.next_heartbeat = SteadyClock::now() + client.heartbeat;
     // Accepted and ignored (the peer writes at once), but range-checked as nsqd does.
     const long long buffer_size = int_field("output_buffer_size");
@@ -699,8 +711,7 @@ void Peer::Impl::on_command(Client& client, Command& command) {
   if (name == "FIN" || name == "REQ" || name == "TOUCH") {
     if (client.state != Client::State::subscribed && client.state != Client::State::closing)
       return fatal("E_INVALID cannot " + name + " in current state");
-    if (words.size() < (name == "REQ" ? 3u : 2u))
-      return fatal("E_INVALID " + name + " insufficient number of params");
+    if (words.size() < (name == "REQ" ? 3u : 2u)) return fatal("E_INVALID " + name + " insufficient number of params");
     if (words[1].size() != nsq::kMessageIdSize) return fatal("E_INVALID " + name + " invalid message ID");
     long long timeout = 0;
     if (name == "REQ") {
@@ -724,8 +735,10 @@ void Peer::Impl::on_command(Client& client, Command& command) {
       ++channel->finish_count;
     } else {
       ++channel->requeue_count;
-      if (timeout > 0) channel->deferred.emplace(SteadyClock::now() + Ms{timeout}, std::move(msg));
-      else channel->queue.push_back(std::move(msg));
+      if (timeout > 0)
+        channel->deferred.emplace(SteadyClock::now() + Ms{timeout}, std::move(msg));
+      else
+        channel->queue.push_back(std::move(msg));
     }
     dispatch(*channel);
     return;
@@ -740,7 +753,8 @@ void Peer::Impl::on_command(Client& client, Command& command) {
 
   if (name == "PUB" || name == "DPUB" || name == "MPUB") {
     if (needs_auth()) return;
-    if (words.size() < (name == "DPUB" ? 3u : 2u)) return fatal("E_INVALID " + name + " insufficient number of parameters");
+    if (words.size() < (name == "DPUB" ? 3u : 2u))
+      return fatal("E_INVALID " + name + " insufficient number of parameters");
     if (!nsq::valid_nsq_name(words[1]))
       return fatal("E_BAD_TOPIC " + name + " topic name \"" + words[1] + "\" is not valid");
     long long defer = 0;
@@ -824,8 +838,8 @@ std::string Peer::Impl::stats_json() const {
                                   {"message_count", t.message_count},
                                   {"paused", false}});
   }
-  return json::serialize(
-      json::object{{"version", kVersion}, {"health", "OK"}, {"topics", std::move(topics)}, {"producers", json::array{}}});
+  return json::serialize(json::object{
+      {"version", kVersion}, {"health", "OK"}, {"topics", std::move(topics)}, {"producers", json::array{}}});
 }
 
 // ---------------------------------------------------------------------------------------
@@ -876,8 +890,12 @@ int Peer::http_port() const {
   return port;
 }
 
-std::string Peer::address() const { return impl_->options.host + ":" + std::to_string(port()); }
-std::string Peer::url() const { return "nsq://" + address(); }
+std::string Peer::address() const {
+  return impl_->options.host + ":" + std::to_string(port());
+}
+std::string Peer::url() const {
+  return "nsq://" + address();
+}
 
 PeerStats Peer::stats() const {
   PeerStats out;
@@ -903,10 +921,10 @@ class Lookupd::Impl {
  public:
   Impl() {
     work.emplace(asio::make_work_guard(io));
-    server = std::make_unique<HttpServer>(io, "127.0.0.1", 0, [this](const std::string& path,
-                                                                    const std::map<std::string, std::string>& query) {
-      return answer(path, query);
-    });
+    server = std::make_unique<HttpServer>(
+        io, "127.0.0.1", 0, [this](const std::string& path, const std::map<std::string, std::string>& query) {
+          return answer(path, query);
+        });
     thread = std::thread([this] {
       pthread_setname_np(pthread_self(), "nsq-lookupd-io");
       io.run();
@@ -926,12 +944,9 @@ class Lookupd::Impl {
       peers = registered;
     }
     auto producer = [](Peer& p) {
-      return json::object{{"remote_address", p.address()},
-                          {"hostname", "localhost"},
-                          {"broadcast_address", "127.0.0.1"},
-                          {"tcp_port", p.port()},
-                          {"http_port", std::max(p.http_port(), 0)},
-                          {"version", kVersion}};
+      return json::object{{"remote_address", p.address()},           {"hostname", "localhost"},
+                          {"broadcast_address", "127.0.0.1"},        {"tcp_port", p.port()},
+                          {"http_port", std::max(p.http_port(), 0)}, {"version", kVersion}};
     };
     if (path == "/ping") return {200, "OK"};
     if (path == "/nodes") {
@@ -973,7 +988,11 @@ void Lookupd::remove(Peer& peer) {
   std::erase(impl_->registered, &peer);
 }
 
-int Lookupd::port() const { return impl_->server->port(); }
-std::string Lookupd::address() const { return "127.0.0.1:" + std::to_string(port()); }
+int Lookupd::port() const {
+  return impl_->server->port();
+}
+std::string Lookupd::address() const {
+  return "127.0.0.1:" + std::to_string(port());
+}
 
 }  // namespace ferry::nsq_peer

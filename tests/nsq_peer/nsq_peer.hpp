@@ -97,7 +97,7 @@ class Peer {
   bool running() const;
 
   int port() const;
-  int http_port() const;  // -1 when there is no HTTP endpoint
+  int http_port() const;        // -1 when there is no HTTP endpoint
   std::string address() const;  // "127.0.0.1:PORT"
   std::string url() const;      // "nsq://127.0.0.1:PORT"
 

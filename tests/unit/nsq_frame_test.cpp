@@ -24,9 +24,10 @@ MessageId make_id(const std::string& text) {
 }
 
 TEST(NsqFrameReader, ReadsFramesFedOneByteAtATime) {
-  std::string stream = encode_frame(FrameType::response, "OK") + encode_frame(FrameType::error, "E_INVALID bad") +
-                       encode_frame(FrameType::message, encode_message({1234567890123, 3, make_id("0123456789abcdef"),
-                                                                        std::string("body\0x", 6)}));
+  std::string stream =
+      encode_frame(FrameType::response, "OK") + encode_frame(FrameType::error, "E_INVALID bad") +
+      encode_frame(FrameType::message,
+                   encode_message({1234567890123, 3, make_id("0123456789abcdef"), std::string("body\0x", 6)}));
   FrameReader reader(1024);
   std::vector<Frame> frames;
   for (char c : stream) {
@@ -235,11 +236,11 @@ TEST(NsqMpub, RefusesHostileBodies) {
     }
   };
   expect_refused("", "E_BAD_BODY");
-  expect_refused(be32(0), "E_BAD_BODY");                                  // no messages
-  expect_refused(be32(1'000'000) + be32(1) + "x", "E_BAD_BODY");          // count beyond the body
-  expect_refused(be32(2) + be32(1) + "x", "E_BAD_BODY");                  // second message missing
-  expect_refused(be32(1) + be32(5) + "abc", "E_BAD_BODY");                // truncated message
-  expect_refused(be32(1) + be32(0), "E_BAD_MESSAGE");                     // empty message
+  expect_refused(be32(0), "E_BAD_BODY");                                         // no messages
+  expect_refused(be32(1'000'000) + be32(1) + "x", "E_BAD_BODY");                 // count beyond the body
+  expect_refused(be32(2) + be32(1) + "x", "E_BAD_BODY");                         // second message missing
+  expect_refused(be32(1) + be32(5) + "abc", "E_BAD_BODY");                       // truncated message
+  expect_refused(be32(1) + be32(0), "E_BAD_MESSAGE");                            // empty message
   expect_refused(be32(1) + be32(101) + std::string(101, 'x'), "E_BAD_MESSAGE");  // over the bound
   expect_refused(be32(1) + be32(1) + "x" + "trailing", "E_BAD_BODY");
 }
@@ -263,7 +264,10 @@ TEST(NsqEnvelope, CarriesEveryFieldOfAMessage) {
   m.id = make_uuid();
   m.key = std::string("k\0y", 3);
   m.headers = {{"a", "1"}, {"empty", ""}, {"bin", std::string("\0\xff", 2)}};
-  m.payload = std::string("\xFE" "FRY payload that looks like an envelope\0", 41);
+  m.payload = std::string(
+      "\xFE"
+      "FRY payload that looks like an envelope\0",
+      41);
   m.timestamp = from_unix_ms(1'700'000'000'123);
   auto back = decode_envelope(encode_envelope(m));
   ASSERT_TRUE(back);

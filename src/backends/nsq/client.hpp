@@ -7,11 +7,10 @@
 // threads reach them through Engine::post / Engine::call. The few members other threads
 // read directly sit behind a mutex and say so.
 
+#include <array>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
-
-#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -170,9 +169,9 @@ class Producer : public std::enable_shared_from_this<Producer> {
     PublishCallback done;
   };
 
-  void enqueue(Pending pending);                // io thread
-  void ensure_connected();                      // io thread
-  void attempt(std::size_t tries);              // io thread
+  void enqueue(Pending pending);    // io thread
+  void ensure_connected();          // io thread
+  void attempt(std::size_t tries);  // io thread
   void on_ready(const std::shared_ptr<Connection>& conn, const Status& s, std::size_t tries);
   void on_frame(const std::shared_ptr<Connection>& conn, Frame& frame);
   void on_closed(const std::shared_ptr<Connection>& conn, const Status& s);
@@ -227,9 +226,9 @@ class Subscription : public Settler, public std::enable_shared_from_this<Subscri
     std::shared_ptr<Connection> conn;
     bool subscribed = false;
     bool closing = false;
-    bool wanted = true;        // still named by the addresses or by nsqlookupd
-    int rdy = 0;               // last RDY sent
-    int since_rdy = 0;         // messages received since
+    bool wanted = true;  // still named by the addresses or by nsqlookupd
+    int rdy = 0;         // last RDY sent
+    int since_rdy = 0;   // messages received since
     int in_flight = 0;
     SteadyClock::time_point stalled_until{};  // RDY 0 until then: a lease ran out here
     Ms backoff{0};

@@ -3,13 +3,13 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <spdlog/spdlog.h>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/json.hpp>
-#include <spdlog/spdlog.h>
 
 #include "client.hpp"
 
@@ -38,7 +38,9 @@ Engine::~Engine() {
   stop();
 }
 
-void Engine::post(std::function<void()> fn) { asio::post(io_, std::move(fn)); }
+void Engine::post(std::function<void()> fn) {
+  asio::post(io_, std::move(fn));
+}
 
 bool Engine::run(const std::function<void()>& fn) {
   if (on_io_thread()) {
@@ -71,8 +73,10 @@ void Engine::stop() {
   work_.reset();
   io_.stop();
   if (thread_.joinable()) {
-    if (thread_.get_id() == std::this_thread::get_id()) thread_.detach();
-    else thread_.join();
+    if (thread_.get_id() == std::this_thread::get_id())
+      thread_.detach();
+    else
+      thread_.join();
   }
 }
 
@@ -93,7 +97,9 @@ Connection::Connection(Engine& engine, const Options& options, Endpoint endpoint
 
 Connection::~Connection() = default;
 
-std::string Connection::describe() const { return "nsqd " + endpoint_.str(); }
+std::string Connection::describe() const {
+  return "nsqd " + endpoint_.str();
+}
 
 void Connection::start(ReadyHandler ready, FrameHandler frame, ClosedHandler closed) {
   on_ready_ = std::move(ready);
@@ -113,16 +119,14 @@ void Connection::start(ReadyHandler ready, FrameHandler frame, ClosedHandler clo
           self->fail({Errc::unavailable, "cannot resolve " + self->endpoint_.host + ": " + ec.message()});
           return;
         }
-        asio::async_connect(self->socket_, results,
-                            [self](const boost::system::error_code& ec2, const tcp::endpoint&) {
-                              if (self->state_ == State::closed) return;
-                              if (ec2) {
-                                self->fail({Errc::unavailable,
-                                            "cannot connect to " + self->describe() + " (" + ec2.message() + ")"});
-                                return;
-                              }
-                              self->on_connected();
-                            });
+        asio::async_connect(self->socket_, results, [self](const boost::system::error_code& ec2, const tcp::endpoint&) {
+          if (self->state_ == State::closed) return;
+          if (ec2) {
+            self->fail({Errc::unavailable, "cannot connect to " + self->describe() + " (" + ec2.message() + ")"});
+            return;
+          }
+          self->on_connected();
+        });
       });
 }
 
@@ -158,17 +162,18 @@ void Connection::on_connected() {
 }
 
 void Connection::read() {
-  socket_.async_read_some(asio::buffer(read_buffer_), [self = shared_from_this()](const boost::system::error_code& ec,
-                                                                                  std::size_t n) {
-    if (self->state_ == State::closed) return;
-    if (ec) {
-      if (self->state_ == State::draining) self->close({});
-      else
-        self->fail({Errc::unavailable, "connection to " + self->describe() + " lost (" + ec.message() + ")"});
-      return;
-    }
-    self->on_read(n);
-  });
+  socket_.async_read_some(
+      asio::buffer(read_buffer_), [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
+        if (self->state_ == State::closed) return;
+        if (ec) {
+          if (self->state_ == State::draining)
+            self->close({});
+          else
+            self->fail({Errc::unavailable, "connection to " + self->describe() + " lost (" + ec.message() + ")"});
+          return;
+        }
+        self->on_read(n);
+      });
 }
 
 void Connection::on_read(std::size_t n) {
@@ -199,8 +204,8 @@ void Connection::handle(Frame& frame) {
 
 void Connection::handshake_frame(Frame& frame) {
   if (frame.type == FrameType::error) {
-    fail({errc_for(frame.data), describe() + " refused " + (state_ == State::identifying ? "IDENTIFY" : "AUTH") +
-                                    ": " + frame.data});
+    fail({errc_for(frame.data),
+          describe() + " refused " + (state_ == State::identifying ? "IDENTIFY" : "AUTH") + ": " + frame.data});
     return;
   }
   if (frame.type != FrameType::response) {
@@ -255,9 +260,9 @@ void Connection::arm_liveness() {
     if (ec || self->state_ != State::ready) return;
     const auto silent = SteadyClock::now() - self->last_read_;
     if (silent > 2 * self->options_.heartbeat + Ms{1000}) {
-      self->fail({Errc::unavailable,
-                  self->describe() + " sent nothing, not even a heartbeat, for " +
-                      std::to_string(std::chrono::duration_cast<Ms>(silent).count()) + "ms; closing the connection"});
+      self->fail({Errc::unavailable, self->describe() + " sent nothing, not even a heartbeat, for " +
+                                         std::to_string(std::chrono::duration_cast<Ms>(silent).count()) +
+                                         "ms; closing the connection"});
       return;
     }
     self->arm_liveness();
@@ -266,8 +271,10 @@ void Connection::arm_liveness() {
 
 void Connection::send(std::string bytes) {
   if (state_ == State::closed || shutdown_after_write_) return;
-  if (pending_.empty()) pending_ = std::move(bytes);
-  else pending_ += bytes;
+  if (pending_.empty())
+    pending_ = std::move(bytes);
+  else
+    pending_ += bytes;
   write();
 }
 
@@ -283,19 +290,20 @@ void Connection::write() {
   writing_.swap(pending_);
   pending_.clear();
   write_in_progress_ = true;
-  asio::async_write(socket_, asio::buffer(writing_),
-                    [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
-                      self->write_in_progress_ = false;
-                      if (self->state_ == State::closed) return;
-                      if (ec) {
-                        self->fail({Errc::unavailable,
-                                    "writing to " + self->describe() + " failed (" + ec.message() + ")"});
-                        return;
-                      }
-                      if (self->writing_.capacity() > (1u << 20)) std::string().swap(self->writing_);
-                      else self->writing_.clear();
-                      self->write();
-                    });
+  asio::async_write(
+      socket_, asio::buffer(writing_), [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+        self->write_in_progress_ = false;
+        if (self->state_ == State::closed) return;
+        if (ec) {
+          self->fail({Errc::unavailable, "writing to " + self->describe() + " failed (" + ec.message() + ")"});
+          return;
+        }
+        if (self->writing_.capacity() > (1u << 20))
+          std::string().swap(self->writing_);
+        else
+          self->writing_.clear();
+        self->write();
+      });
 }
 
 void Connection::close_gracefully() {
@@ -314,7 +322,9 @@ void Connection::close_gracefully() {
   write();
 }
 
-void Connection::close(const Status& reason) { fail(reason); }
+void Connection::close(const Status& reason) {
+  fail(reason);
+}
 
 void Connection::fail(const Status& reason) {
   if (state_ == State::closed) return;
@@ -360,23 +370,22 @@ class HttpGet : public std::enable_shared_from_this<HttpGet> {
   void start() {
     timer_.expires_after(timeout_);
     timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
-      if (!ec) self->finish({Errc::timeout, "nsqlookupd " + self->endpoint_.str() + " did not answer within " +
-                                                std::to_string(self->timeout_.count()) + "ms"});
+      if (!ec)
+        self->finish({Errc::timeout, "nsqlookupd " + self->endpoint_.str() + " did not answer within " +
+                                         std::to_string(self->timeout_.count()) + "ms"});
     });
-    resolver_.async_resolve(endpoint_.host, std::to_string(endpoint_.port),
-                            [self = shared_from_this()](const boost::system::error_code& ec,
-                                                        const tcp::resolver::results_type& results) {
-                              if (ec) return self->finish({Errc::unavailable, "cannot resolve " + self->endpoint_.host});
-                              asio::async_connect(self->socket_, results,
-                                                  [self](const boost::system::error_code& ec2, const tcp::endpoint&) {
-                                                    if (ec2)
-                                                      return self->finish(
-                                                          {Errc::unavailable, "cannot connect to nsqlookupd " +
-                                                                                  self->endpoint_.str() + " (" +
-                                                                                  ec2.message() + ")"});
-                                                    self->send();
-                                                  });
-                            });
+    resolver_.async_resolve(
+        endpoint_.host, std::to_string(endpoint_.port),
+        [self = shared_from_this()](const boost::system::error_code& ec, const tcp::resolver::results_type& results) {
+          if (ec) return self->finish({Errc::unavailable, "cannot resolve " + self->endpoint_.host});
+          asio::async_connect(
+              self->socket_, results, [self](const boost::system::error_code& ec2, const tcp::endpoint&) {
+                if (ec2)
+                  return self->finish({Errc::unavailable, "cannot connect to nsqlookupd " + self->endpoint_.str() +
+                                                              " (" + ec2.message() + ")"});
+                self->send();
+              });
+        });
   }
 
  private:
@@ -391,14 +400,14 @@ class HttpGet : public std::enable_shared_from_this<HttpGet> {
   }
 
   void read() {
-    socket_.async_read_some(asio::buffer(buffer_), [self = shared_from_this()](const boost::system::error_code& ec,
-                                                                               std::size_t n) {
-      self->response_.append(self->buffer_.data(), n);
-      if (self->response_.size() > (8u << 20)) return self->finish({Errc::protocol, "nsqlookupd answer too large"});
-      if (ec == asio::error::eof) return self->finish({});
-      if (ec) return self->finish({Errc::unavailable, "reading from nsqlookupd failed (" + ec.message() + ")"});
-      self->read();
-    });
+    socket_.async_read_some(
+        asio::buffer(buffer_), [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
+          self->response_.append(self->buffer_.data(), n);
+          if (self->response_.size() > (8u << 20)) return self->finish({Errc::protocol, "nsqlookupd answer too large"});
+          if (ec == asio::error::eof) return self->finish({});
+          if (ec) return self->finish({Errc::unavailable, "reading from nsqlookupd failed (" + ec.message() + ")"});
+          self->read();
+        });
   }
 
   void finish(const Status& s) {
@@ -449,8 +458,10 @@ std::vector<Endpoint> parse_producers(std::string_view text) {
     for (const auto& p : producers->as_array()) {
       const auto& po = p.as_object();
       Endpoint e;
-      if (auto* a = po.if_contains("broadcast_address"); a && a->is_string()) e.host = std::string(a->as_string());
-      else if (auto* b = po.if_contains("address"); b && b->is_string()) e.host = std::string(b->as_string());
+      if (auto* a = po.if_contains("broadcast_address"); a && a->is_string())
+        e.host = std::string(a->as_string());
+      else if (auto* b = po.if_contains("address"); b && b->is_string())
+        e.host = std::string(b->as_string());
       e.port = static_cast<int>(po.at("tcp_port").to_number<std::int64_t>());
       if (!e.host.empty() && e.port > 0 && e.port < 65536) out.push_back(std::move(e));
     }

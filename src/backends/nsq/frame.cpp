@@ -55,8 +55,8 @@ std::optional<WireMessage> parse_message(std::string_view data) {
   if (data.size() < kMessageHeaderSize) return std::nullopt;
   WireMessage m;
   m.timestamp_ns = static_cast<std::int64_t>(read_u64(data));
-  m.attempts = static_cast<std::uint16_t>((static_cast<unsigned char>(data[8]) << 8) |
-                                          static_cast<unsigned char>(data[9]));
+  m.attempts =
+      static_cast<std::uint16_t>((static_cast<unsigned char>(data[8]) << 8) | static_cast<unsigned char>(data[9]));
   std::copy_n(data.begin() + 10, kMessageIdSize, m.id.begin());
   m.body.assign(data.substr(kMessageHeaderSize));
   return m;
@@ -246,12 +246,11 @@ std::string encode_mpub(std::string_view topic, const std::vector<std::string>& 
 
 bool valid_nsq_name(std::string_view name) noexcept {
   if (name.empty() || name.size() > kMaxNameLength) return false;
-  if (name.size() > kEphemeralSuffix.size() &&
-      name.substr(name.size() - kEphemeralSuffix.size()) == kEphemeralSuffix)
+  if (name.size() > kEphemeralSuffix.size() && name.substr(name.size() - kEphemeralSuffix.size()) == kEphemeralSuffix)
     name.remove_suffix(kEphemeralSuffix.size());
   for (char c : name) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-              c == '-';
+    bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
     if (!ok) return false;
   }
   return true;
@@ -260,8 +259,8 @@ bool valid_nsq_name(std::string_view name) noexcept {
 std::string encode_envelope(const Message& message) {
   std::string headers = encode_headers(message.headers);
   std::string out;
-  out.reserve(4 + 1 + 1 + 8 + 2 + message.id.size() + 4 + (message.key ? message.key->size() : 0) + 4 +
-              headers.size() + message.payload.size());
+  out.reserve(4 + 1 + 1 + 8 + 2 + message.id.size() + 4 + (message.key ? message.key->size() : 0) + 4 + headers.size() +
+              message.payload.size());
   out.append(kEnvelopeMagic);
   out.push_back(1);
   out.push_back(message.key ? 1 : 0);
@@ -331,6 +330,8 @@ std::string hex_id(std::uint64_t value) {
   return out;
 }
 
-std::string_view id_view(const MessageId& id) noexcept { return {id.data(), id.size()}; }
+std::string_view id_view(const MessageId& id) noexcept {
+  return {id.data(), id.size()};
+}
 
 }  // namespace ferry::nsq

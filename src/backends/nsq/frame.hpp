@@ -120,14 +120,16 @@ std::vector<std::string> parse_mpub_body(std::string_view body, std::size_t max_
 
 // Client commands, encoded.
 void append_u32(std::string& out, std::uint32_t value);
-std::uint32_t read_u32(std::string_view bytes);  // the first four bytes, big-endian
-std::string encode_command(std::string_view line);  // "LINE\n", no body
+std::uint32_t read_u32(std::string_view bytes);                            // the first four bytes, big-endian
+std::string encode_command(std::string_view line);                         // "LINE\n", no body
 std::string encode_command(std::string_view line, std::string_view body);  // "LINE\n[size][body]"
 // "MPUB topic\n[size][count]([size][body])*" from bodies [first, last).
 std::string encode_mpub(std::string_view topic, const std::vector<std::string>& bodies, std::size_t first,
                         std::size_t last);
 // Bytes encode_mpub adds for one body of `size` bytes.
-inline constexpr std::size_t mpub_overhead(std::size_t size) { return size + 4; }
+inline constexpr std::size_t mpub_overhead(std::size_t size) {
+  return size + 4;
+}
 
 // NSQ names: 1 to 64 characters from [.a-zA-Z0-9_-], optionally ending in "#ephemeral"
 // (the suffix counts towards the 64).
@@ -144,7 +146,9 @@ inline constexpr std::size_t kMaxNameLength = 64;
 //   [4]  key length, then the key (only with flag bit 0)
 //   [4]  headers length, then the headers (ferry::encode_headers)
 //   the rest: the payload
-inline constexpr std::string_view kEnvelopeMagic = "\xFE" "FRY";
+inline constexpr std::string_view kEnvelopeMagic =
+    "\xFE"
+    "FRY";
 std::string encode_envelope(const Message& message);
 // The message an envelope holds; nothing if `body` is not a well-formed envelope (a body
 // from another NSQ client: the caller treats it as a plain payload).

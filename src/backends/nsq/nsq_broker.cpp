@@ -122,9 +122,8 @@ class NsqBroker : public Broker {
 }  // namespace
 
 void register_scheme() {
-  Broker::register_scheme("nsq", [](const Url& url) -> std::shared_ptr<Broker> {
-    return std::make_shared<NsqBroker>(url);
-  });
+  Broker::register_scheme("nsq",
+                          [](const Url& url) -> std::shared_ptr<Broker> { return std::make_shared<NsqBroker>(url); });
 }
 
 void publish_deferred(Broker& broker, const std::string& topic, std::vector<Message> messages, Ms delay,

@@ -40,8 +40,8 @@ Options Options::from_url(const Url& url) {
     o.nsqd.push_back({hp.host, hp.port.value_or(4150)});
   }
   if (!url.user().empty() || !url.password().empty())
-    throw Error(Errc::invalid_argument, "nsq URL " + url.masked() +
-                                            " has a user or password; NSQ authenticates with auth_secret=...");
+    throw Error(Errc::invalid_argument,
+                "nsq URL " + url.masked() + " has a user or password; NSQ authenticates with auth_secret=...");
   for (const auto& [key, value] : url.query()) {
     const std::string what = "nsq option " + key;
     if (key == "lookupd") {

@@ -24,7 +24,7 @@ struct Options {
   std::chrono::milliseconds lookupd_poll{10'000};
   std::size_t max_in_flight = 10'000;  // publishes not yet confirmed, at most
   std::chrono::milliseconds publish_timeout{5'000};
-  std::chrono::milliseconds msg_timeout{0};  // 0: each subscription's ack_timeout
+  std::chrono::milliseconds msg_timeout{0};     // 0: each subscription's ack_timeout
   std::chrono::milliseconds heartbeat{30'000};  // 0: heartbeats off
   int max_attempts = 0;                         // 0: no limit
   std::chrono::milliseconds connect_timeout{5'000};

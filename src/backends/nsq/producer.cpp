@@ -29,8 +29,8 @@ void run_callback(const PublishCallback& done, const Status& s) {
 
 void check_topic(const std::string& topic) {
   if (!valid_name(topic) || !valid_nsq_name(topic))
-    throw Error(Errc::invalid_argument, "topic '" + topic +
-                                            "' is not valid for NSQ: use 1 to 64 characters from A-Z a-z 0-9 . _ -");
+    throw Error(Errc::invalid_argument,
+                "topic '" + topic + "' is not valid for NSQ: use 1 to 64 characters from A-Z a-z 0-9 . _ -");
 }
 
 }  // namespace
@@ -48,11 +48,11 @@ void Producer::publish(const std::string& topic, std::vector<Message> messages, 
     stamp(m);
     bodies.push_back(encode_envelope(m));
     if (bodies.back().size() > options_.max_message_size) {
-      run_callback(done, {Errc::invalid_argument,
-                          "message " + m.id + " for topic '" + topic + "' takes " +
-                              std::to_string(bodies.back().size()) + " bytes in NSQ, over max_message_size=" +
-                              std::to_string(options_.max_message_size) +
-                              " (nsqd's --max-msg-size; raise both to send larger messages)"});
+      run_callback(done,
+                   {Errc::invalid_argument,
+                    "message " + m.id + " for topic '" + topic + "' takes " + std::to_string(bodies.back().size()) +
+                        " bytes in NSQ, over max_message_size=" + std::to_string(options_.max_message_size) +
+                        " (nsqd's --max-msg-size; raise both to send larger messages)"});
       return;
     }
   }
@@ -75,8 +75,10 @@ void Producer::publish(const std::string& topic, std::vector<Message> messages, 
       std::size_t last = first + 1;
       while (last < bodies.size() && size + mpub_overhead(bodies[last].size()) <= options_.max_body_size)
         size += mpub_overhead(bodies[last++].size());
-      if (last - first == 1) parts.push_back({encode_command("PUB " + topic, bodies[first]), 1, {}});
-      else parts.push_back({encode_mpub(topic, bodies, first, last), last - first, {}});
+      if (last - first == 1)
+        parts.push_back({encode_command("PUB " + topic, bodies[first]), 1, {}});
+      else
+        parts.push_back({encode_mpub(topic, bodies, first, last), last - first, {}});
       first = last;
     }
   }
@@ -109,10 +111,10 @@ void Producer::publish(const std::string& topic, std::vector<Message> messages, 
   if (closed_) {
     failure = {Errc::closed, "publish to '" + topic + "' after the nsq broker " + options_.masked_url + " was closed"};
   } else if (in_flight_ != 0 && in_flight_ + n > options_.max_in_flight && !engine_->on_io_thread()) {
-    failure = {Errc::timeout, "publish to '" + topic + "' timed out after " +
-                                  std::to_string(options_.publish_timeout.count()) + "ms waiting for room: " +
-                                  std::to_string(in_flight_) + " publishes are unconfirmed (max_in_flight=" +
-                                  std::to_string(options_.max_in_flight) + "); is nsqd slow or unreachable?"};
+    failure = {Errc::timeout,
+               "publish to '" + topic + "' timed out after " + std::to_string(options_.publish_timeout.count()) +
+                   "ms waiting for room: " + std::to_string(in_flight_) + " publishes are unconfirmed (max_in_flight=" +
+                   std::to_string(options_.max_in_flight) + "); is nsqd slow or unreachable?"};
   }
   if (!failure.ok()) {
     lock.unlock();
@@ -238,8 +240,8 @@ void Producer::on_ready(const std::shared_ptr<Connection>& conn, const Status& s
     return;
   }
   connecting_ = false;
-  Status failure{Errc::unavailable, "cannot publish to " + options_.masked_url + ": " + s.message +
-                                        "; is nsqd running?"};
+  Status failure{Errc::unavailable,
+                 "cannot publish to " + options_.masked_url + ": " + s.message + "; is nsqd running?"};
   fail_queued(failure);
   auto waiters = std::move(connect_waiters_);
   connect_waiters_.clear();
@@ -256,7 +258,8 @@ void Producer::on_frame(const std::shared_ptr<Connection>& conn, Frame& frame) {
   if (sent_.empty()) {
     if (frame.type == FrameType::error)
       spdlog::warn("nsq: {} sent an error nobody asked for: {}", conn->describe(), frame.data);
-    else conn->close({Errc::protocol, conn->describe() + " answered a command that was not sent: " + frame.data});
+    else
+      conn->close({Errc::protocol, conn->describe() + " answered a command that was not sent: " + frame.data});
     return;
   }
   Pending p = std::move(sent_.front());
@@ -279,9 +282,9 @@ void Producer::on_closed(const std::shared_ptr<Connection>& conn, const Status& 
   if (!conn || conn != conn_) return;
   conn_.reset();
   if (!s.ok() && !io_closed_) spdlog::warn("nsq: publishing connection: {}", s.message);
-  Status lost{Errc::unavailable, "the connection to " + conn->describe() + " ended before nsqd confirmed the publish (" +
-                                     (s.ok() ? std::string("closed") : s.message) +
-                                     "); it may or may not have been published"};
+  Status lost{Errc::unavailable,
+              "the connection to " + conn->describe() + " ended before nsqd confirmed the publish (" +
+                  (s.ok() ? std::string("closed") : s.message) + "); it may or may not have been published"};
   auto sent = std::move(sent_);
   sent_.clear();
   for (auto& p : sent) complete(p, lost);
@@ -333,8 +336,8 @@ Status Producer::connect_now(Ms timeout) {
   });
   if (!ran) return {Errc::closed, "the nsq broker " + options_.masked_url + " is closed"};
   if (future.wait_for(timeout) != std::future_status::ready)
-    return {Errc::timeout, "no connection to an nsqd of " + options_.masked_url + " within " +
-                               std::to_string(timeout.count()) + "ms"};
+    return {Errc::timeout,
+            "no connection to an nsqd of " + options_.masked_url + " within " + std::to_string(timeout.count()) + "ms"};
   return future.get();
 }
 

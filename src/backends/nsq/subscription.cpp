@@ -1,10 +1,10 @@
 // Consuming: SUB on every nsqd of the topic, RDY spread over them, FIN / REQ / TOUCH for
 // settlements, dead letters published by ferry, CLS on close.
 
-#include <boost/asio/post.hpp>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <boost/asio/post.hpp>
 #include <random>
 
 #include "client.hpp"
@@ -12,10 +12,10 @@
 namespace ferry::nsq {
 namespace {
 
-constexpr Ms kMaxReq{3'600'000};     // nsqd's default --max-req-timeout
-constexpr Ms kMaxMsgTimeout{900'000};  // nsqd's default --max-msg-timeout
+constexpr Ms kMaxReq{3'600'000};        // nsqd's default --max-req-timeout
+constexpr Ms kMaxMsgTimeout{900'000};   // nsqd's default --max-msg-timeout
 constexpr Ms kCloseWaitTimeout{2'000};  // how long close() waits for CLOSE_WAIT
-constexpr Ms kRotate{5'000};         // RDY rotation when prefetch < connections
+constexpr Ms kRotate{5'000};            // RDY rotation when prefetch < connections
 constexpr Ms kDeadLetterRetry{1'000};
 
 Ms jitter(Ms base, double fraction) {
@@ -48,17 +48,16 @@ void check_name(const std::string& name, const char* what) {
 
 Subscription::Subscription(std::shared_ptr<Engine> engine, std::shared_ptr<Producer> producer, const Options& options,
                            SubscribeOptions subscribe)
-    : engine_(std::move(engine)),
-      producer_(std::move(producer)),
-      options_(options),
-      subscribe_(std::move(subscribe)) {
+    : engine_(std::move(engine)), producer_(std::move(producer)), options_(options), subscribe_(std::move(subscribe)) {
   channel_ = subscribe_.group + (subscribe_.ephemeral ? std::string(kEphemeralSuffix) : std::string());
   check_name(subscribe_.topic, "topic");
   check_name(channel_, "group");
   if (!subscribe_.dead_letter_topic.empty()) check_name(subscribe_.dead_letter_topic, "dead-letter topic");
   dead_letter_topic_ = nsq_dead_letter_topic(subscribe_.effective_dead_letter_topic());
-  if (options_.msg_timeout.count() > 0) server_msg_timeout_ = options_.msg_timeout;
-  else server_msg_timeout_ = std::clamp(subscribe_.ack_timeout, Ms{1000}, kMaxMsgTimeout);
+  if (options_.msg_timeout.count() > 0)
+    server_msg_timeout_ = options_.msg_timeout;
+  else
+    server_msg_timeout_ = std::clamp(subscribe_.ack_timeout, Ms{1000}, kMaxMsgTimeout);
   lease_ = subscribe_.ack_timeout;
 }
 
@@ -93,10 +92,11 @@ void Subscription::start() {
   });
   if (subscribed || (answered && error.ok())) return;
   close();
-  if (error.ok()) error = {Errc::unavailable, "no nsqd of " + options_.masked_url + " answered SUB within " +
-                                                  std::to_string(wait.count()) + "ms"};
-  throw Error(error.code, "cannot subscribe to '" + subscribe_.topic + "' as group '" + subscribe_.group +
-                              "': " + error.message);
+  if (error.ok())
+    error = {Errc::unavailable,
+             "no nsqd of " + options_.masked_url + " answered SUB within " + std::to_string(wait.count()) + "ms"};
+  throw Error(error.code,
+              "cannot subscribe to '" + subscribe_.topic + "' as group '" + subscribe_.group + "': " + error.message);
 }
 
 void Subscription::first_answer(const Endpoint& endpoint, const Status& s) {
@@ -140,8 +140,7 @@ Subscription::Link* Subscription::link_for(const std::shared_ptr<Connection>& co
   return &it->second;
 }
 
-void Subscription::on_conn_ready(const Endpoint& endpoint, const std::shared_ptr<Connection>& conn,
-                                 const Status& s) {
+void Subscription::on_conn_ready(const Endpoint& endpoint, const std::shared_ptr<Connection>& conn, const Status& s) {
   auto it = links_.find(endpoint);
   if (it == links_.end() || !conn || it->second.conn != conn) {
     if (conn) conn->close({});
@@ -197,8 +196,8 @@ void Subscription::on_frame(const Endpoint& endpoint, const std::shared_ptr<Conn
       return;
     case FrameType::error:
       if (!link->subscribed) {
-        Status refused{errc_for(frame.data), conn->describe() + " refused SUB " + subscribe_.topic + " " + channel_ +
-                                                 ": " + frame.data};
+        Status refused{errc_for(frame.data),
+                       conn->describe() + " refused SUB " + subscribe_.topic + " " + channel_ + ": " + frame.data};
         first_answer(endpoint, refused);
         conn->close(refused);
         return;
@@ -221,7 +220,8 @@ Message Subscription::decode(const WireMessage& wire) const {
   Message m;  // a body from another NSQ client: the payload as it is
   m.id = std::string(id_view(wire.id));
   m.payload = wire.body;
-  m.timestamp = Clock::time_point(std::chrono::duration_cast<Clock::duration>(std::chrono::nanoseconds(wire.timestamp_ns)));
+  m.timestamp =
+      Clock::time_point(std::chrono::duration_cast<Clock::duration>(std::chrono::nanoseconds(wire.timestamp_ns)));
   return m;
 }
 
@@ -241,8 +241,8 @@ void Subscription::on_message(Link& link, Frame& frame) {
     f.body = std::move(wire->body);
     in_flight_.emplace(token, std::move(f));
     dead_letter(token,
-                "delivered " + std::to_string(wire->attempts - 1) + " times without being acked (max_attempts=" +
-                    std::to_string(options_.max_attempts) + ")",
+                "delivered " + std::to_string(wire->attempts - 1) +
+                    " times without being acked (max_attempts=" + std::to_string(options_.max_attempts) + ")",
                 wire->attempts - 1);
     return;
   }
@@ -329,12 +329,15 @@ void Subscription::dead_letter(std::uint64_t token, const std::string& reason, i
     const std::string nsq_id(id_view(found->second.id));
     self->in_flight_.erase(found);
     if (!s.ok())
-      spdlog::warn("nsq subscriber {}/{}: could not move message {} to dead-letter topic {} ({}); it will be "
-                   "delivered again",
-                   self->subscribe_.topic, self->channel_, id, self->dead_letter_topic_, s.message);
+      spdlog::warn(
+          "nsq subscriber {}/{}: could not move message {} to dead-letter topic {} ({}); it will be "
+          "delivered again",
+          self->subscribe_.topic, self->channel_, id, self->dead_letter_topic_, s.message);
     if (!link) return;
-    if (s.ok()) link->conn->send(encode_command("FIN " + nsq_id));
-    else link->conn->send(encode_command("REQ " + nsq_id + " " + std::to_string(kDeadLetterRetry.count())));
+    if (s.ok())
+      link->conn->send(encode_command("FIN " + nsq_id));
+    else
+      link->conn->send(encode_command("REQ " + nsq_id + " " + std::to_string(kDeadLetterRetry.count())));
     --link->in_flight;
   });
 }
@@ -360,10 +363,8 @@ void Subscription::distribute_rdy() {
     // Fewer credits than connections: give one to `total` of them, rotating, so that every
     // nsqd is drained in turn.
     for (int i = 0; i < n; ++i)
-      want[static_cast<std::size_t>(i)] = static_cast<int>((static_cast<std::size_t>(i) + rotation_) %
-                                                           static_cast<std::size_t>(n)) < total
-                                              ? 1
-                                              : 0;
+      want[static_cast<std::size_t>(i)] =
+          static_cast<int>((static_cast<std::size_t>(i) + rotation_) % static_cast<std::size_t>(n)) < total ? 1 : 0;
     if (!rotate_timer_) {
       rotate_timer_ = std::make_shared<asio::steady_timer>(engine_->io());
       rotate_timer_->expires_after(kRotate);
@@ -568,8 +569,8 @@ void Subscription::lease_tick() {
     std::erase_if(buffer_, [&](const Ready& r) { return expired.count(r.token) > 0; });
   }
   for (Link* link : stalled)
-    spdlog::debug("nsq subscriber {}/{}: a delivery outlived its {}ms lease; pausing {} for as long",
-                  subscribe_.topic, channel_, lease_.count(), link->endpoint.str());
+    spdlog::debug("nsq subscriber {}/{}: a delivery outlived its {}ms lease; pausing {} for as long", subscribe_.topic,
+                  channel_, lease_.count(), link->endpoint.str());
   if (!stalled.empty()) distribute_rdy();
   for (auto& [endpoint, link] : links_) {
     if (link.stalled_until != SteadyClock::time_point{} && now >= link.stalled_until) {
@@ -608,8 +609,8 @@ void Subscription::poll_lookupd() {
                } else if (s.ok() && code == 404) {  // the topic is not produced anywhere yet
                  round->any_answered = true;
                } else {
-                 round->error = s.ok() ? "nsqlookupd " + lookupd.str() + " answered HTTP " + std::to_string(code)
-                                       : s.message;
+                 round->error =
+                     s.ok() ? "nsqlookupd " + lookupd.str() + " answered HTTP " + std::to_string(code) : s.message;
                }
                if (--round->remaining > 0) return;
                auto self = weak.lock();
@@ -617,8 +618,10 @@ void Subscription::poll_lookupd() {
                if (!round->any_answered)
                  spdlog::warn("nsq subscriber {}/{}: no nsqlookupd answered ({}); keeping the nsqd already known",
                               self->subscribe_.topic, self->channel_, round->error);
-               if (round->any_answered) self->on_lookup(std::move(round->found));
-               else self->on_lookup_failed();
+               if (round->any_answered)
+                 self->on_lookup(std::move(round->found));
+               else
+                 self->on_lookup_failed();
              });
   }
 }
@@ -657,7 +660,7 @@ void Subscription::on_lookup(std::set<Endpoint> found) {
     auto [it, added] = links_.try_emplace(endpoint);
     if (!added) {
       if (!it->second.wanted) continue;  // still leaving
-      continue;  // connected, or reconnecting with backoff
+      continue;                          // connected, or reconnecting with backoff
     }
     it->second.endpoint = endpoint;
     if (first) awaiting_first_.insert(endpoint);
