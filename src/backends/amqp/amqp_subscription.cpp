@@ -136,6 +136,7 @@ void Subscription::setup(Connection& conn) {
   conn.confirm_select(kCopyChannel);
   copies_.clear();
   first_copy_tag_ = 1;
+  acked_upto_ = 0;
   incoming_.active = false;
   returning_ = false;
   conn.consume(kConsumeChannel, names_.queue);
@@ -151,10 +152,11 @@ void Subscription::declare_dead_letter(Connection& conn, std::uint16_t channel) 
 Subscription::Served Subscription::serve(Connection& conn) {
   {
     std::lock_guard lock(mutex_);
-    ++generation_;
+    generation_of_conn_ = ++generation_;
   }
   next_lease_check_ = SteadyClock::now();
   std::deque<Settlement> work;
+  std::vector<std::uint64_t> acks;
   while (true) {
     if (!conn.alive()) return Served::lost;
     bool closing = false;
@@ -163,11 +165,17 @@ Subscription::Served Subscription::serve(Connection& conn) {
       work.swap(settlements_);
       closing = closed_;
     }
+    acks.clear();
     for (auto& s : work) {
       if (!conn.alive()) break;
+      if (s.outcome == Outcome::ack && !s.lease_expired) {
+        if (s.entry.generation == generation_of_conn_) acks.push_back(s.entry.tag);
+        continue;
+      }
       perform(conn, s);
     }
     work.clear();
+    if (!acks.empty() && conn.alive()) send_acks(conn, acks);
     if (!conn.alive()) return Served::lost;
     read_frames(conn, Ms{0});
     if (!conn.alive()) return Served::lost;
@@ -392,6 +400,36 @@ void Subscription::perform(Connection& conn, Settlement& s) {
       return;
     }
   }
+}
+
+// Acks with one basic.ack (multiple) every tag below the lowest delivery still held,
+// and the rest one by one: fewer frames for the broker to handle.
+void Subscription::send_acks(Connection& conn, std::vector<std::uint64_t>& tags) {
+  std::sort(tags.begin(), tags.end());
+  std::uint64_t lowest_held = UINT64_MAX;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& [token, e] : entries_)
+      if (e.generation == generation_of_conn_) lowest_held = std::min(lowest_held, e.tag);
+    for (const auto& s : settlements_)
+      if (s.entry.generation == generation_of_conn_) lowest_held = std::min(lowest_held, s.entry.tag);
+  }
+  for (const auto& c : copies_)
+    if (!c.resolved) lowest_held = std::min(lowest_held, c.original_tag);
+  std::size_t below = 0;
+  while (below < tags.size() && tags[below] < lowest_held && tags[below] > acked_upto_) ++below;
+  int rc = AMQP_STATUS_OK;
+  std::size_t next = 0;
+  if (below >= 2) {
+    rc = amqp_basic_ack(conn.state(), kConsumeChannel, tags[below - 1], 1);
+    acked_upto_ = tags[below - 1];
+    next = below;
+  }
+  for (; next < tags.size() && rc == AMQP_STATUS_OK; ++next)
+    rc = amqp_basic_ack(conn.state(), kConsumeChannel, tags[next], 0);
+  if (rc != AMQP_STATUS_OK)
+    conn.mark_lost("connection to " + options_->display + " lost while acking (" + Connection::describe_status(rc) +
+                   ")");
 }
 
 void Subscription::publish_copy(Connection& conn, const std::string& exchange, const std::string& routing_key,

@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "amqp_options.hpp"
 #include "ferry/delivery.hpp"
@@ -90,6 +91,7 @@ class Subscription : public Settler, public std::enable_shared_from_this<Subscri
                     const Message& message, int deliveries, long long expiration_ms, std::uint64_t original_tag,
                     std::string where);
   void handle(Connection& conn, const amqp_frame_t& frame);
+  void send_acks(Connection& conn, std::vector<std::uint64_t>& tags);
   void on_copy_confirm(Connection& conn, std::uint64_t tag, bool multiple, bool ok);
   void deliver(Connection& conn);
   void check_leases();
@@ -120,6 +122,8 @@ class Subscription : public Settler, public std::enable_shared_from_this<Subscri
   bool closed_ = false;
 
   // The thread's own.
+  std::uint64_t generation_of_conn_ = 0;  // generation_ of the connection being served
+  std::uint64_t acked_upto_ = 0;          // every tag up to this one is acked (multiple)
   std::deque<PendingCopy> copies_;  // unconfirmed copies on channel 2, by tag
   std::uint64_t first_copy_tag_ = 1;
   bool dead_letter_declared_ = false;
