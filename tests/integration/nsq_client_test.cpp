@@ -87,6 +87,28 @@ TEST_F(NsqClient, AnswersHeartbeatsSoIdleConnectionsStayOpen) {
   EXPECT_EQ(stats.max_in_flight_seen_over_rdy, 0u);
 }
 
+TEST_F(NsqClient, DropsAConnectionThatSendsNothingForTwoHeartbeatsAndReconnects) {
+  Peer peer;
+  peer.start();
+  auto broker = Broker::open(peer.url() + "?heartbeat=1s&max_backoff=200ms");
+  const auto topic = unique("hung");
+  auto sub = broker->subscribe({.topic = topic, .group = "g"});
+  const auto accepted = peer.stats().connections_accepted;
+  peer.set_silent(true);  // no heartbeats: to the client, a hung nsqd
+  auto until = std::chrono::steady_clock::now() + 8s;
+  while (peer.stats().connections_accepted < accepted + 2 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(100ms);
+  EXPECT_GE(peer.stats().connections_accepted, accepted + 2)
+      << "the publisher and the subscriber did not give up on a connection that sent nothing for 2 heartbeats";
+  peer.set_silent(false);
+  Message m = Message::with_payload("after");
+  ASSERT_TRUE(publish_eventually(*broker, topic, m, 5s));
+  auto d = sub->receive(5s);
+  ASSERT_TRUE(d) << "the subscriber did not come back";
+  EXPECT_EQ(d->message().id, m.id);
+  d->ack();
+}
+
 TEST_F(NsqClient, OpenFailsClearlyWhenNoNsqdIsReachable) {
   Peer peer;
   peer.start();

@@ -248,6 +248,7 @@ class Peer::Impl {
   std::uint64_t accepted = 0;
   std::uint64_t heartbeat_disconnects = 0;
   std::uint64_t over_rdy = 0;
+  bool hung = false;  // set_silent()
 
   mutable std::mutex names_mutex;  // topic_names, read by other threads
   std::set<std::string> topic_names;
@@ -564,7 +565,7 @@ void Peer::Impl::on_tick() {
   }
   std::vector<std::shared_ptr<Client>> silent;
   for (auto& c : clients) {
-    if (c->heartbeat.count() <= 0 || c->closed) continue;
+    if (c->heartbeat.count() <= 0 || c->closed || hung) continue;
     if (now - c->last_read > 2 * c->heartbeat) {
       silent.push_back(c);
     } else if (now >= c->next_heartbeat) {
@@ -906,6 +907,10 @@ PeerStats Peer::stats() const {
 std::set<std::string> Peer::topics() const {
   std::lock_guard lock(impl_->names_mutex);
   return impl_->topic_names;
+}
+
+void Peer::set_silent(bool silent) {
+  impl_->call([this, silent] { impl_->hung = silent; });
 }
 
 void Peer::drop_connections() {

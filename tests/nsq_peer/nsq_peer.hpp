@@ -105,6 +105,9 @@ class Peer {
   std::set<std::string> topics() const;
   // Closes every client connection abruptly (RST-free close), keeping the data.
   void drop_connections();
+  // While silent, the peer sends no heartbeats and drops no silent client: a hung nsqd as
+  // its clients see it (commands are still answered).
+  void set_silent(bool silent);
 
  private:
   friend class Client;  // a connection, in nsq_peer.cpp
