@@ -20,10 +20,10 @@
 //   msg_timeout=          nsqd's server-side message timeout (IDENTIFY msg_timeout) for
 //                         consumer connections: how soon a dead consumer's messages come back.
 //                         Default: each subscription's SubscribeOptions::ack_timeout (at
-//                         least 1 s, nsqd's minimum). When ack_timeout is longer, ferry sends
-//                         TOUCH every msg_timeout/2 for each unsettled delivery until about
-//                         ack_timeout has passed, so a live handler keeps its message that long
-//                         (within nsqd's --max-msg-timeout, 15 min by default)
+//                         least 1 s, nsqd's minimum). The lease itself is ack_timeout, kept
+//                         by ferry: when ack_timeout is longer, ferry sends TOUCH every
+//                         msg_timeout/2 for each unsettled delivery until the lease ends (within
+//                         nsqd's --max-msg-timeout, 15 min by default); see Guarantees
 //   heartbeat=30s         IDENTIFY heartbeat_interval (1s..60s, or off); ferry answers each
 //                         _heartbeat_ with NOP and drops a connection silent for two intervals
 //   max_attempts=0        a message delivered this many times without being acked (its
@@ -76,10 +76,13 @@
 //     ferry-attempts, ferry-original-topic and ferry-original-group is PUB'd to the
 //     dead-letter topic, and the original FIN'd only once that PUB is confirmed (REQ'd
 //     after 1 s if it fails). attempt() is nsqd's attempts field.
-//   - A delivery unsettled after its lease (msg_timeout; see above) is requeued by nsqd
-//     and its late FIN is answered E_FIN_FAILED, which ferry ignores. A lost connection's
-//     unsettled deliveries come back after msg_timeout (nsqd does not requeue on
-//     disconnect); settling them does nothing.
+//   - Leases: a delivery still unsettled SubscribeOptions::ack_timeout after it arrived is
+//     handed back by ferry (REQ id 0), and that connection gets RDY 0 for one lease (at
+//     least 1 s, or until the application settles something) so that another consumer
+//     gets it; its late settlement does nothing. If nsqd timed it out first (msg_timeout
+//     set shorter and TOUCH lost), a late FIN is answered E_FIN_FAILED, which ferry
+//     ignores. A lost connection's unsettled deliveries come back after msg_timeout (nsqd
+//     does not requeue on disconnect); settling them does nothing.
 //   - Close: CLS; after nsqd's CLOSE_WAIT (or 2 s), every delivery still held — received
 //     and unsettled, or buffered and not yet received — is handed back with REQ 0 before
 //     the connection is closed, so it is redelivered at once (with attempts + 1).
