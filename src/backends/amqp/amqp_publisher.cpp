@@ -618,9 +618,13 @@ void PublisherPool::publish_batch_async(const std::string& topic, std::vector<Me
   thread_local const std::size_t slot = next_slot.fetch_add(1);
 
   std::unique_lock lock(mutex_);
-  const bool room = room_.wait_until(lock, batch->deadline, [&] {
-    return closed_ || in_flight_ == 0 || in_flight_ + n <= options_->max_in_flight;
-  });
+  auto has_room = [&] { return closed_ || in_flight_ == 0 || in_flight_ + n <= options_->max_in_flight; };
+  bool room = has_room();
+  if (!room) {
+    ++waiting_;
+    room = room_.wait_until(lock, batch->deadline, has_room);
+    --waiting_;
+  }
   Status failure;
   if (closed_) {
     failure = {Errc::closed, "publish to '" + topic + "' after the amqp broker handle was closed"};
@@ -653,11 +657,16 @@ void PublisherPool::publish_batch_async(const std::string& topic, std::vector<Me
 }
 
 void PublisherPool::release(std::size_t messages) {
+  bool wake = false;
   {
     std::lock_guard lock(mutex_);
     in_flight_ -= std::min(in_flight_, messages);
+    // Waiting publishers are woken once an eighth of the bound is free, not for every
+    // confirm: each wake-up is a context switch, and they come in runs anyway.
+    const std::size_t low_mark = options_->max_in_flight - options_->max_in_flight / 8;
+    wake = waiting_ > 0 && (in_flight_ <= low_mark || in_flight_ == 0);
   }
-  room_.notify_all();
+  if (wake) room_.notify_all();
 }
 
 void PublisherPool::close() {

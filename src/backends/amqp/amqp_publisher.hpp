@@ -45,6 +45,7 @@ class PublisherPool : public Publisher {
   mutable std::mutex mutex_;
   std::condition_variable room_;
   std::size_t in_flight_ = 0;
+  int waiting_ = 0;  // publishers waiting for room
   bool closed_ = false;
   std::vector<std::string> topics_;
 };
