@@ -89,18 +89,23 @@
 //     in confirm mode; channel 2 declares exchanges. A publishing thread is pinned to
 //     one connection (round robin on its first publish), so its messages keep their
 //     order, and concurrent publishers spread over the pool instead of queueing behind
-//     one socket. The owner thread writes up to `confirm_window` messages, reads
-//     confirms (basic.ack/nack, multiple=true included, matched by delivery tag) and
-//     basic.return (matched by message id) and runs completion callbacks on itself.
+//     one socket (a connection that is down hands its publishers to one that is up).
+//     The owner thread writes up to `confirm_window` messages (a burst corked into full
+//     TCP segments), reads confirms (basic.ack/nack, multiple=true included, matched
+//     by delivery tag) and basic.return (matched by message id), and runs completion
+//     callbacks on itself.
 //     Connection 0 connects when the broker is opened (open() fails with
 //     Errc::unavailable if it cannot); the others on their first publish.
 //   - Subscriber: one connection and one thread "ferry-amqp-sub" per subscriber, which
 //     declares the topology, consumes (basic.qos prefetch, manual ack) on channel 1 and
 //     publishes nack/reject copies in confirm mode on channel 2. receive() takes from
 //     its buffer; ack/nack/reject from any thread are queued to it, since only the
-//     connection's own thread may write to the socket. close() completes queued
-//     settlements (waiting up to publish_timeout for copies to be confirmed), then
-//     closes the channel: the broker requeues the rest.
+//     connection's own thread may write to the socket; it acks a run of settled
+//     deliveries with one basic.ack (multiple) when no lower delivery is still held.
+//     close() completes queued settlements (waiting up to publish_timeout for copies
+//     to be confirmed), then closes the connection: the broker requeues the rest.
+//   - Every method of Broker, Publisher and Subscriber is thread-safe, as the core
+//     headers say; completion callbacks run on the "ferry-amqp-pub<N>" threads.
 //   - Admin calls open a short-lived connection on the calling thread.
 //   - Reconnection: a lost connection is retried with backoff (100 ms doubling to 2 s)
 //     by its own thread; subscribers declare the topology again and resume consuming;
