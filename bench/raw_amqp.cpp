@@ -20,7 +20,6 @@
 #include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -70,7 +69,8 @@ amqp_connection_state_t connect(const RawConfig& c) {
 }
 
 // One raw publishing connection: publishes `count` messages keeping `window` unconfirmed.
-void raw_publisher(const RawConfig& c, const std::string& exchange, std::uint64_t count, std::atomic<std::uint64_t>& confirmed) {
+void raw_publisher(const RawConfig& c, const std::string& exchange, std::uint64_t count,
+                   std::atomic<std::uint64_t>& confirmed) {
   amqp_connection_state_t conn = connect(c);
   amqp_confirm_select(conn, 1);
   check(amqp_get_rpc_reply(conn), "confirm.select");
@@ -97,8 +97,8 @@ void raw_publisher(const RawConfig& c, const std::string& exchange, std::uint64_
       headers[1].value.kind = AMQP_FIELD_KIND_UTF8;
       headers[1].value.value.bytes = amqp_bytes_t{ms.size(), ms.data()};
       props.headers = amqp_table_t{2, headers};
-      if (amqp_basic_publish(conn, 1, amqp_cstring_bytes(exchange.c_str()), amqp_cstring_bytes(exchange.c_str()), 1, 0, &props,
-                             amqp_bytes_t{payload.size(), payload.data()}) != AMQP_STATUS_OK)
+      if (amqp_basic_publish(conn, 1, amqp_cstring_bytes(exchange.c_str()), amqp_cstring_bytes(exchange.c_str()), 1, 0,
+                             &props, amqp_bytes_t{payload.size(), payload.data()}) != AMQP_STATUS_OK)
         die("publish failed");
       window.push_back(false);
       ++sent;
@@ -178,12 +178,14 @@ double run_ferry(const std::string& url, const RawConfig& c, int producers, int 
   config.window = std::max(1, c.window * c.connections * 4 / producers);
   config.topic = topic;
   auto result = ferry::bench::run(config);
-  if (result.publish_errors) die("ferry: " + std::to_string(result.publish_errors) + " publishes failed: " + result.first_error);
+  if (result.publish_errors)
+    die("ferry: " + std::to_string(result.publish_errors) + " publishes failed: " + result.first_error);
 
   amqp_connection_state_t admin = connect(c);
   for (const std::string& q : {topic + ".bench", topic + ".bench.retry", topic + ".bench.dlq.ferry-dlq-replay"})
     amqp_queue_delete(admin, 1, amqp_cstring_bytes(q.c_str()), 0, 0);
-  for (const std::string& x : {topic, topic + ".bench.dlq"}) amqp_exchange_delete(admin, 1, amqp_cstring_bytes(x.c_str()), 0);
+  for (const std::string& x : {topic, topic + ".bench.dlq"})
+    amqp_exchange_delete(admin, 1, amqp_cstring_bytes(x.c_str()), 0);
   amqp_connection_close(admin, AMQP_REPLY_SUCCESS);
   amqp_destroy_connection(admin);
   return result.publish_msgs_per_s;
@@ -239,8 +241,8 @@ int main(int argc, char** argv) {
                           "&confirm_window=" + std::to_string(c.window);
 
   std::cout << "broker      " << parsed.masked() << "\n"
-            << "workload    " << c.messages << " persistent, mandatory, confirmed messages of " << c.size
-            << " B; " << c.connections << " connections, confirm window " << c.window << "; ferry: " << producers
+            << "workload    " << c.messages << " persistent, mandatory, confirmed messages of " << c.size << " B; "
+            << c.connections << " connections, confirm window " << c.window << "; ferry: " << producers
             << " producers\n";
   std::vector<double> raw, ours, raw_cpu, ours_cpu;
   std::cout << std::fixed << std::setprecision(0);

@@ -7,8 +7,9 @@
 // (tests/integration/amqp.cmake), which ctest runs as one test so that the node starts
 // once.
 
-#include "conformance.hpp"
 #include "ferry/backends/amqp.hpp"
+
+#include "conformance.hpp"
 #include "rabbitmq_fixture.hpp"
 
 namespace {

@@ -73,9 +73,8 @@ boost::json::object pika_get(const std::string& queue) {
 void pika_publish(const std::string& exchange, const std::string& routing_key, const std::string& body,
                   const std::string& message_id) {
   std::string output;
-  int rc = testing::run_python(kPikaPublish,
-                               {std::to_string(testing::rabbitmq().port()), exchange, routing_key, body, message_id},
-                               output);
+  int rc = testing::run_python(
+      kPikaPublish, {std::to_string(testing::rabbitmq().port()), exchange, routing_key, body, message_id}, output);
   ASSERT_EQ(rc, 0) << output;
 }
 
@@ -147,8 +146,8 @@ TEST(AmqpInterop, TheSeedLayoutWorksFromBothSides) {
   // Fresh names, in the seed's shape: direct exchange, one routing key, a named queue.
   const std::string exchange = unique("order_exchange");
   const std::string queue = unique("order_queue");
-  auto broker = Broker::open(testing::rabbitmq().url("?exchange_type=direct&routing_key=order_created&queue.orders=" +
-                                                     queue));
+  auto broker =
+      Broker::open(testing::rabbitmq().url("?exchange_type=direct&routing_key=order_created&queue.orders=" + queue));
   auto sub = broker->subscribe({.topic = exchange, .group = "orders"});
   ASSERT_TRUE(testing::queue_counts(testing::rabbitmq().port(), queue)) << "queue " << queue << " was not declared";
 

@@ -113,10 +113,13 @@ TEST_P(AmqpRestart, PublishersFailClearlyConsumersResumeNothingConfirmedIsLost) 
   ASSERT_TRUE(wait_for([&] { return log.confirmed_count() >= 200; }, 30s)) << "publishing did not get going";
   ASSERT_TRUE(broker->ping().ok());
 
-  if (crash) node.kill();
-  else node.stop();
+  if (crash)
+    node.kill();
+  else
+    node.stop();
   const auto down_at = SteadyClock::now();
-  EXPECT_TRUE(wait_for([&] { return log.error_count() >= 5; }, 15s)) << "publishes did not fail while RabbitMQ was down";
+  EXPECT_TRUE(wait_for([&] { return log.error_count() >= 5; }, 15s))
+      << "publishes did not fail while RabbitMQ was down";
   Status ping = broker->ping();
   EXPECT_FALSE(ping.ok());
   EXPECT_NE(ping.message.find("is RabbitMQ running?"), std::string::npos) << ping.message;

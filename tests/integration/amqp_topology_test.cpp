@@ -155,7 +155,8 @@ TEST_F(AmqpTopology, AnEphemeralGroupIsDeletedWithItsSubscriber) {
   ASSERT_TRUE(d);
   d->ack();
   tail->close();
-  EXPECT_FALSE(testing::queue_counts(node().port(), topic + ".tail-1")) << "the ephemeral queue outlived its subscriber";
+  EXPECT_FALSE(testing::queue_counts(node().port(), topic + ".tail-1"))
+      << "the ephemeral queue outlived its subscriber";
   EXPECT_FALSE(testing::queue_counts(node().port(), topic + ".tail-1.retry"));
   EXPECT_TRUE(testing::queue_counts(node().port(), topic + ".kept"));
   broker->close();
@@ -207,8 +208,8 @@ TEST_F(AmqpTopology, TlsRoundTrip) {
   EXPECT_EQ(untrusted.code(), Errc::unavailable);
   EXPECT_NE(std::string(untrusted.what()).find("TLS"), std::string::npos) << untrusted.what();
   // verify=false accepts it (encrypted, not authenticated).
-  auto unverified = Broker::open("amqps://guest:guest@localhost:" + std::to_string(node().tls_port()) +
-                                 "/?verify=false");
+  auto unverified =
+      Broker::open("amqps://guest:guest@localhost:" + std::to_string(node().tls_port()) + "/?verify=false");
   EXPECT_TRUE(unverified->ping().ok());
   unverified->close();
 }

@@ -1,5 +1,7 @@
 #include "rabbitmq_fixture.hpp"
 
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -9,9 +11,6 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <amqp.h>
-#include <amqp_tcp_socket.h>
 
 #include <fstream>
 #include <memory>
@@ -168,16 +167,15 @@ RabbitMq::RabbitMq() {
   make_certificates();
   write_file(dir_ / "enabled_plugins", "[].\n");
   write_file(dir_ / "rabbitmq-env.conf", "");
-  write_file(dir_ / "rabbitmq.conf",
-             "listeners.ssl.1 = 127.0.0.1:" + std::to_string(tls_port_) + "\n" +
-                 "ssl_options.cacertfile = " + (dir_ / "ca.pem").string() + "\n" +
-                 "ssl_options.certfile = " + (dir_ / "server.pem").string() + "\n" +
-                 "ssl_options.keyfile = " + (dir_ / "server.key").string() + "\n" +
-                 "ssl_options.verify = verify_none\n"
-                 "ssl_options.fail_if_no_peer_cert = false\n"
-                 "disk_free_limit.absolute = 10MB\n"
-                 "log.console = false\n"
-                 "log.file.level = info\n");
+  write_file(dir_ / "rabbitmq.conf", "listeners.ssl.1 = 127.0.0.1:" + std::to_string(tls_port_) + "\n" +
+                                         "ssl_options.cacertfile = " + (dir_ / "ca.pem").string() + "\n" +
+                                         "ssl_options.certfile = " + (dir_ / "server.pem").string() + "\n" +
+                                         "ssl_options.keyfile = " + (dir_ / "server.key").string() + "\n" +
+                                         "ssl_options.verify = verify_none\n"
+                                         "ssl_options.fail_if_no_peer_cert = false\n"
+                                         "disk_free_limit.absolute = 10MB\n"
+                                         "log.console = false\n"
+                                         "log.file.level = info\n");
   if (drop_privileges_) {
     for (const auto& entry : fs::recursive_directory_iterator(dir_))
       if (chown(entry.path().c_str(), uid_, gid_) != 0) throw std::runtime_error("chown failed");
@@ -209,8 +207,8 @@ void RabbitMq::make_certificates() {
        "server.csr", "-subj", "/CN=localhost"},
       d);
   write_file(d / "server.ext", "subjectAltName = DNS:localhost, IP:127.0.0.1\n");
-  run({"/usr/bin/openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-       "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext"},
+  run({"/usr/bin/openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+       "-out", "server.pem", "-days", "2", "-extfile", "server.ext"},
       d);
 }
 
@@ -356,7 +354,9 @@ void RabbitMqEnvironment::SetUp() {
   }
 }
 
-void RabbitMqEnvironment::TearDown() { node().reset(); }
+void RabbitMqEnvironment::TearDown() {
+  node().reset();
+}
 
 bool use_rabbitmq() {
   static const bool added = [] {

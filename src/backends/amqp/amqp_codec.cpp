@@ -83,8 +83,8 @@ void Encoded::encode(const Message& m, int deliveries, long long expiration_ms) 
   entries_.clear();
   entries_.reserve(m.headers.size() + 3);
   props_ = amqp_basic_properties_t{};
-  props_._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
-                  AMQP_BASIC_HEADERS_FLAG;
+  props_._flags =
+      AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_HEADERS_FLAG;
   props_.delivery_mode = 2;  // persistent
   props_.message_id = bytes_of(m.id);
   const std::int64_t ms = to_unix_ms(m.timestamp);
@@ -159,9 +159,8 @@ Decoded decode(const amqp_basic_properties_t& p) {
   if (p._flags & AMQP_BASIC_MESSAGE_ID_FLAG) m.id = string_of(p.message_id);
   if (m.id.empty()) m.id = make_uuid();
   if (!have_ms) {
-    m.timestamp = (p._flags & AMQP_BASIC_TIMESTAMP_FLAG)
-                      ? from_unix_ms(static_cast<std::int64_t>(p.timestamp) * 1000)
-                      : Clock::now();
+    m.timestamp = (p._flags & AMQP_BASIC_TIMESTAMP_FLAG) ? from_unix_ms(static_cast<std::int64_t>(p.timestamp) * 1000)
+                                                         : Clock::now();
   }
   return d;
 }

@@ -100,7 +100,9 @@ std::string advice_for_reply(int code) {
 
 }  // namespace
 
-std::string Connection::describe_status(int status) { return amqp_error_string2(status); }
+std::string Connection::describe_status(int status) {
+  return amqp_error_string2(status);
+}
 
 std::unique_ptr<Connection> Connection::open(const Options& o) {
   std::string last_error = "no host";
@@ -118,8 +120,8 @@ std::unique_ptr<Connection> Connection::open(const Options& o) {
       }
       if (!o.cert.empty()) {
         if (int rc = amqp_ssl_socket_set_key(socket, o.cert.c_str(), o.key.c_str()); rc != AMQP_STATUS_OK)
-          throw Error(Errc::invalid_argument, "cannot load the client certificate '" + o.cert + "' and key '" +
-                                                  o.key + "' (" + describe_status(rc) + ")");
+          throw Error(Errc::invalid_argument, "cannot load the client certificate '" + o.cert + "' and key '" + o.key +
+                                                  "' (" + describe_status(rc) + ")");
       }
       amqp_ssl_socket_set_verify_peer(socket, o.verify ? 1 : 0);
       amqp_ssl_socket_set_verify_hostname(socket, o.verify ? 1 : 0);
@@ -128,9 +130,12 @@ std::unique_ptr<Connection> Connection::open(const Options& o) {
     int rc = amqp_socket_open_noblock(socket, hp.host.c_str(), *hp.port, &tv);
     if (rc != AMQP_STATUS_OK) {
       std::string tcp = diagnose_tcp(hp.host, *hp.port, o.connect_timeout);
-      if (!tcp.empty()) last_error = tcp;
-      else if (o.tls) last_error = "TLS handshake with " + where + " failed: " + describe_status(rc);
-      else last_error = describe_status(rc);
+      if (!tcp.empty())
+        last_error = tcp;
+      else if (o.tls)
+        last_error = "TLS handshake with " + where + " failed: " + describe_status(rc);
+      else
+        last_error = describe_status(rc);
       continue;
     }
     if (int fd = amqp_get_sockfd(state.get()); fd >= 0) {
@@ -138,25 +143,26 @@ std::unique_ptr<Connection> Connection::open(const Options& o) {
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
       // A peer that stops acknowledging what we send breaks the connection instead of
       // blocking a writer for the kernel's default quarter of an hour.
-      unsigned int user_timeout = static_cast<unsigned int>(
-          std::max<long long>(o.connect_timeout.count(), o.heartbeat_s * 2000LL));
+      unsigned int user_timeout =
+          static_cast<unsigned int>(std::max<long long>(o.connect_timeout.count(), o.heartbeat_s * 2000LL));
       setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
     }
     amqp_set_handshake_timeout(state.get(), &tv);
     amqp_set_rpc_timeout(state.get(), &tv);
-    amqp_rpc_reply_t reply = amqp_login(state.get(), o.vhost.c_str(), 0, 131072, o.heartbeat_s,
-                                        AMQP_SASL_METHOD_PLAIN, o.user.c_str(), o.password.c_str());
-    if (reply.reply_type == AMQP_RESPONSE_NORMAL) return std::unique_ptr<Connection>(new Connection(o, std::move(state)));
+    amqp_rpc_reply_t reply = amqp_login(state.get(), o.vhost.c_str(), 0, 131072, o.heartbeat_s, AMQP_SASL_METHOD_PLAIN,
+                                        o.user.c_str(), o.password.c_str());
+    if (reply.reply_type == AMQP_RESPONSE_NORMAL)
+      return std::unique_ptr<Connection>(new Connection(o, std::move(state)));
     if (reply.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION && reply.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
       auto* m = static_cast<amqp_connection_close_t*>(reply.reply.decoded);
       amqp_connection_close_ok_t ok{};
       amqp_send_method(state.get(), 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
       std::string text = string_of(m->reply_text);
       if (m->reply_code == AMQP_ACCESS_REFUSED)
-        throw Error(Errc::unavailable, "login to " + o.display + " refused (" + text +
-                                           "); check the user name and password in the URL");
-      throw Error(errc_for_reply(m->reply_code), "opening " + o.display + " failed: " + text +
-                                                     advice_for_reply(m->reply_code));
+        throw Error(Errc::unavailable,
+                    "login to " + o.display + " refused (" + text + "); check the user name and password in the URL");
+      throw Error(errc_for_reply(m->reply_code),
+                  "opening " + o.display + " failed: " + text + advice_for_reply(m->reply_code));
     }
     if (reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION) {
       last_error = "the AMQP handshake with " + where + " failed: " + describe_status(reply.library_error);
@@ -173,7 +179,9 @@ Connection::Connection(const Options& options, StateHandle state) : options_(opt
 
 Connection::~Connection() = default;
 
-int Connection::fd() const noexcept { return amqp_get_sockfd(state_.get()); }
+int Connection::fd() const noexcept {
+  return amqp_get_sockfd(state_.get());
+}
 
 void Connection::mark_lost(std::string why) {
   if (!alive_) return;
@@ -277,14 +285,14 @@ void Connection::qos(amqp_channel_t channel, int prefetch) {
 
 void Connection::declare_exchange(amqp_channel_t channel, const std::string& name) {
   if (!alive_) throw Error(Errc::unavailable, lost_reason_);
-  amqp_exchange_declare(state_.get(), channel, bytes_of(name), amqp_cstring_bytes(options_.exchange_type_name()), 0,
-                        1, 0, 0, amqp_empty_table);
+  amqp_exchange_declare(state_.get(), channel, bytes_of(name), amqp_cstring_bytes(options_.exchange_type_name()), 0, 1,
+                        0, 0, amqp_empty_table);
   check(amqp_get_rpc_reply(state_.get()), channel,
         "declaring " + std::string(options_.exchange_type_name()) + " exchange '" + name + "'");
 }
 
-QueueCounts Connection::declare_queue(amqp_channel_t channel, const std::string& name, bool durable,
-                                      bool auto_delete, const std::optional<DeadLetterTo>& dead_letter) {
+QueueCounts Connection::declare_queue(amqp_channel_t channel, const std::string& name, bool durable, bool auto_delete,
+                                      const std::optional<DeadLetterTo>& dead_letter) {
   if (!alive_) throw Error(Errc::unavailable, lost_reason_);
   amqp_table_entry_t entries[2];
   amqp_table_t args = amqp_empty_table;
@@ -298,8 +306,8 @@ QueueCounts Connection::declare_queue(amqp_channel_t channel, const std::string&
     args.num_entries = 2;
     args.entries = entries;
   }
-  auto* ok = amqp_queue_declare(state_.get(), channel, bytes_of(name), 0, durable ? 1 : 0, 0, auto_delete ? 1 : 0,
-                                args);
+  auto* ok =
+      amqp_queue_declare(state_.get(), channel, bytes_of(name), 0, durable ? 1 : 0, 0, auto_delete ? 1 : 0, args);
   check(amqp_get_rpc_reply(state_.get()), channel, "declaring queue '" + name + "'");
   return ok ? QueueCounts{ok->message_count, ok->consumer_count} : QueueCounts{};
 }
@@ -321,8 +329,7 @@ std::optional<QueueCounts> Connection::inspect_queue(amqp_channel_t channel, con
 
 void Connection::bind_queue(amqp_channel_t channel, const std::string& queue, const std::string& exchange,
                             const std::string& routing_key) {
-  amqp_queue_bind(state_.get(), channel, bytes_of(queue), bytes_of(exchange), bytes_of(routing_key),
-                  amqp_empty_table);
+  amqp_queue_bind(state_.get(), channel, bytes_of(queue), bytes_of(exchange), bytes_of(routing_key), amqp_empty_table);
   check(amqp_get_rpc_reply(state_.get()), channel, "binding queue '" + queue + "' to exchange '" + exchange + "'");
 }
 

@@ -10,7 +10,9 @@ constexpr const char* kKnown =
     "exchange_type, routing_key, queue.<group>, prefetch, connections, confirm_window, max_in_flight, "
     "publish_timeout, connect_timeout, heartbeat, cacert, cert, key, verify";
 
-[[noreturn]] void bad(const std::string& what) { throw Error(Errc::invalid_argument, what); }
+[[noreturn]] void bad(const std::string& what) {
+  throw Error(Errc::invalid_argument, what);
+}
 
 int bounded(const std::string& value, const std::string& name, long long low, long long high) {
   long long n = parse_count(value, "amqp option " + name);
@@ -43,10 +45,14 @@ Options Options::from_url(const Url& url) {
   for (const auto& [key, value] : url.query()) {
     const std::string name = "amqp option " + key;
     if (key == "exchange_type") {
-      if (value == "fanout") o.exchange_type = ExchangeType::fanout;
-      else if (value == "direct") o.exchange_type = ExchangeType::direct;
-      else if (value == "topic") o.exchange_type = ExchangeType::topic;
-      else bad(name + "='" + value + "' must be fanout, direct or topic");
+      if (value == "fanout")
+        o.exchange_type = ExchangeType::fanout;
+      else if (value == "direct")
+        o.exchange_type = ExchangeType::direct;
+      else if (value == "topic")
+        o.exchange_type = ExchangeType::topic;
+      else
+        bad(name + "='" + value + "' must be fanout, direct or topic");
     } else if (key == "routing_key") {
       if (value.size() > 255) bad(name + " is longer than 255 bytes");
       o.routing_key = value;
@@ -76,10 +82,14 @@ Options Options::from_url(const Url& url) {
       o.heartbeat_s = static_cast<int>(d.count() / 1000);
     } else if (key == "cacert" || key == "cert" || key == "key" || key == "verify") {
       if (!o.tls) bad(name + " applies to amqps:// URLs only");
-      if (key == "cacert") o.cacert = value;
-      else if (key == "cert") o.cert = value;
-      else if (key == "key") o.key = value;
-      else o.verify = parse_bool(value, name);
+      if (key == "cacert")
+        o.cacert = value;
+      else if (key == "cert")
+        o.cert = value;
+      else if (key == "key")
+        o.key = value;
+      else
+        o.verify = parse_bool(value, name);
     } else {
       bad("unknown amqp option '" + key + "' in " + url.masked() + "; known: " + kKnown);
     }
@@ -95,8 +105,7 @@ Options Options::from_url(const Url& url) {
   for (std::size_t i = 0; i < o.hosts.size(); ++i) {
     if (i) o.display += ',';
     const auto& h = o.hosts[i];
-    o.display += (h.host.find(':') != std::string::npos ? "[" + h.host + "]" : h.host) + ":" +
-                 std::to_string(*h.port);
+    o.display += (h.host.find(':') != std::string::npos ? "[" + h.host + "]" : h.host) + ":" + std::to_string(*h.port);
   }
   o.display += o.vhost == "/" ? "/" : "/" + o.vhost;
   return o;

@@ -24,7 +24,7 @@ struct Options {
   std::string vhost{"/"};
 
   ExchangeType exchange_type = ExchangeType::fanout;
-  std::string routing_key{};                      // empty: the topic's name
+  std::string routing_key{};                         // empty: the topic's name
   std::map<std::string, std::string> queue_names{};  // group -> queue
   std::optional<int> prefetch{};
   int connections = 4;

@@ -4,10 +4,9 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
-
-#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cstring>
@@ -44,7 +43,9 @@ void run_callback(const PublishCallback& done, const Status& status) noexcept {
   }
 }
 
-std::string ms_text(Ms ms) { return std::to_string(ms.count()) + "ms"; }
+std::string ms_text(Ms ms) {
+  return std::to_string(ms.count()) + "ms";
+}
 
 }  // namespace
 
@@ -56,9 +57,9 @@ struct Batch {
   std::vector<Message> messages;
   PublishCallback done;
   SteadyClock::time_point deadline;  // to get room and to be sent
-  std::size_t next = 0;        // the next message to send
-  std::size_t unresolved = 0;  // messages neither confirmed nor failed
-  bool finished = false;       // `done` has run
+  std::size_t next = 0;              // the next message to send
+  std::size_t unresolved = 0;        // messages neither confirmed nor failed
+  bool finished = false;             // `done` has run
 };
 
 // One publisher connection and the thread that owns it.
@@ -280,8 +281,8 @@ class PublisherLink {
   // Sends what the window allows. A burst of several messages is corked (TCP_CORK), so
   // that its frames leave in full segments: fewer packets for the broker to read.
   void send() {
-    const bool burst = sending_.size() > 1 || (!sending_.empty() && sending_.front()->messages.size() -
-                                                                          sending_.front()->next > 1);
+    const bool burst =
+        sending_.size() > 1 || (!sending_.empty() && sending_.front()->messages.size() - sending_.front()->next > 1);
     const bool cork = burst && unresolved_in_window_ + 1 < options_->confirm_window;
     if (cork) set_cork(true);
     send_window();
@@ -303,9 +304,9 @@ class PublisherLink {
       }
       if (b.next == 0) {
         if (SteadyClock::now() > b.deadline) {
-          fail(b, {Errc::timeout, "publish to '" + b.topic + "' timed out after " +
-                                      ms_text(options_->publish_timeout) + " waiting for the confirm window of " +
-                                      options_->display + " (is the broker slow or blocking publishers?)"});
+          fail(b, {Errc::timeout, "publish to '" + b.topic + "' timed out after " + ms_text(options_->publish_timeout) +
+                                      " waiting for the confirm window of " + options_->display +
+                                      " (is the broker slow or blocking publishers?)"});
           continue;
         }
         if (!declared_.count(b.topic) && !declare(b)) continue;
@@ -442,8 +443,10 @@ class PublisherLink {
     if (slot.resolved) return;
     slot.resolved = true;
     --unresolved_in_window_;
-    if (status.ok() && !slot.returned.empty()) resolve(*slot.batch, 1, {Errc::unavailable, slot.returned});
-    else resolve(*slot.batch, 1, status);
+    if (status.ok() && !slot.returned.empty())
+      resolve(*slot.batch, 1, {Errc::unavailable, slot.returned});
+    else
+      resolve(*slot.batch, 1, status);
     slot.batch.reset();
   }
 
@@ -462,8 +465,8 @@ class PublisherLink {
     for (auto& slot : window_) {
       if (slot.resolved) continue;
       if (slot.deadline > now) break;
-      resolve_slot(slot, {Errc::timeout, "no confirm from " + options_->display + " within publish_timeout=" +
-                                             ms_text(options_->publish_timeout) +
+      resolve_slot(slot, {Errc::timeout, "no confirm from " + options_->display +
+                                             " within publish_timeout=" + ms_text(options_->publish_timeout) +
                                              " (is the broker overloaded or blocking publishers?)"});
     }
   }
@@ -579,19 +582,19 @@ class PublisherLink {
 };
 
 PublisherPool::PublisherPool(std::shared_ptr<const Options> options) : options_(std::move(options)) {
-  for (int i = 0; i < options_->connections; ++i)
-    links_.push_back(std::make_unique<PublisherLink>(*this, options_, i));
+  for (int i = 0; i < options_->connections; ++i) links_.push_back(std::make_unique<PublisherLink>(*this, options_, i));
 }
 
-PublisherPool::~PublisherPool() { close(); }
+PublisherPool::~PublisherPool() {
+  close();
+}
 
 void PublisherPool::start() {
   links_.front()->connect_now();
   for (auto& link : links_) link->start();
 }
 
-void PublisherPool::publish_batch_async(const std::string& topic, std::vector<Message> messages,
-                                        PublishCallback done) {
+void PublisherPool::publish_batch_async(const std::string& topic, std::vector<Message> messages, PublishCallback done) {
   if (!valid_name(topic))
     throw Error(Errc::invalid_argument,
                 "topic '" + topic + "' is not valid: use 1 to 200 characters from A-Z a-z 0-9 . _ -");
@@ -630,9 +633,8 @@ void PublisherPool::publish_batch_async(const std::string& topic, std::vector<Me
     failure = {Errc::closed, "publish to '" + topic + "' after the amqp broker handle was closed"};
   } else if (!room) {
     failure = {Errc::timeout, "publish to '" + topic + "' timed out after " + ms_text(options_->publish_timeout) +
-                                  " waiting for room: " + std::to_string(in_flight_) +
-                                  " publishes to " + options_->display +
-                                  " are unconfirmed (is the broker slow or blocking publishers?)"};
+                                  " waiting for room: " + std::to_string(in_flight_) + " publishes to " +
+                                  options_->display + " are unconfirmed (is the broker slow or blocking publishers?)"};
   }
   if (!failure.ok()) {
     lock.unlock();

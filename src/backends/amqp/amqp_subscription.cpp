@@ -2,10 +2,9 @@
 
 #include <poll.h>
 #include <pthread.h>
+#include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
-
-#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cstring>
@@ -26,7 +25,9 @@ constexpr Ms kMaxBackoff{2000};
 constexpr Ms kIdlePoll{250};
 constexpr Ms kWarnEvery{5000};
 
-std::string quoted(const std::string& s) { return "'" + s + "'"; }
+std::string quoted(const std::string& s) {
+  return "'" + s + "'";
+}
 
 }  // namespace
 
@@ -230,8 +231,8 @@ void Subscription::handle(Connection& conn, const amqp_frame_t& frame) {
           auto* m = static_cast<amqp_basic_return_t*>(frame.payload.method.decoded);
           returning_ = true;
           return_body_left_ = 0;
-          return_text_ = "unroutable: no queue bound to exchange '" + string_of(m->exchange) +
-                         "' takes routing key '" + string_of(m->routing_key) + "' (" + string_of(m->reply_text) + ")";
+          return_text_ = "unroutable: no queue bound to exchange '" + string_of(m->exchange) + "' takes routing key '" +
+                         string_of(m->routing_key) + "' (" + string_of(m->reply_text) + ")";
           break;
         }
         case AMQP_BASIC_CANCEL_METHOD:
@@ -360,8 +361,8 @@ void Subscription::perform(Connection& conn, Settlement& s) {
     case Outcome::ack: {
       int rc = amqp_basic_ack(conn.state(), kConsumeChannel, e.tag, 0);
       if (rc != AMQP_STATUS_OK)
-        conn.mark_lost("connection to " + options_->display + " lost while acking (" +
-                       Connection::describe_status(rc) + ")");
+        conn.mark_lost("connection to " + options_->display + " lost while acking (" + Connection::describe_status(rc) +
+                       ")");
       return;
     }
     case Outcome::nack: {
@@ -380,12 +381,15 @@ void Subscription::perform(Connection& conn, Settlement& s) {
         try {
           declare_dead_letter(conn, kCopyChannel);
         } catch (const Error& err) {
-          spdlog::error("amqp subscriber {}/{}: cannot declare the dead-letter topic '{}': {}; message {} goes back "
-                        "to the queue",
-                        subscribe_.topic, subscribe_.group, names_.dead_letter, err.what(), e.message.id);
+          spdlog::error(
+              "amqp subscriber {}/{}: cannot declare the dead-letter topic '{}': {}; message {} goes back "
+              "to the queue",
+              subscribe_.topic, subscribe_.group, names_.dead_letter, err.what(), e.message.id);
           if (conn.alive()) {
-            if (conn.channel_closed(kCopyChannel)) conn.mark_lost("the copy channel was closed");
-            else amqp_basic_nack(conn.state(), kConsumeChannel, e.tag, 0, 1);
+            if (conn.channel_closed(kCopyChannel))
+              conn.mark_lost("the copy channel was closed");
+            else
+              amqp_basic_nack(conn.state(), kConsumeChannel, e.tag, 0, 1);
           }
           return;
         }
@@ -510,9 +514,10 @@ void Subscription::finish(Connection& conn) {
   const auto deadline = SteadyClock::now() + options_->publish_timeout;
   while (conn.alive() && !copies_.empty() && SteadyClock::now() < deadline) read_frames(conn, Ms{50});
   if (!copies_.empty())
-    spdlog::warn("amqp subscriber {}/{}: {} nack/reject copies unconfirmed at close; their messages go back to the "
-                 "queue",
-                 subscribe_.topic, subscribe_.group, copies_.size());
+    spdlog::warn(
+        "amqp subscriber {}/{}: {} nack/reject copies unconfirmed at close; their messages go back to the "
+        "queue",
+        subscribe_.topic, subscribe_.group, copies_.size());
   if (subscribe_.ephemeral && conn.alive()) {
     try {
       if (conn.channel_closed(kCopyChannel)) conn.open_channel(kCopyChannel);

@@ -29,11 +29,11 @@ class Connection;
 
 // The names of a group's topology.
 struct GroupNames {
-  std::string exchange;       // the topic
-  std::string queue;          // the group's messages
-  std::string retry_queue;    // nack(delay) copies wait here
-  std::string dead_letter;    // the dead-letter topic (an exchange)
-  std::string keeper_queue;   // keeps dead letters until read
+  std::string exchange;      // the topic
+  std::string queue;         // the group's messages
+  std::string retry_queue;   // nack(delay) copies wait here
+  std::string dead_letter;   // the dead-letter topic (an exchange)
+  std::string keeper_queue;  // keeps dead letters until read
 
   // Throws Error(invalid_argument) for names AMQP cannot hold.
   static GroupNames of(const Options& options, const SubscribeOptions& subscribe);
@@ -124,7 +124,7 @@ class Subscription : public Settler, public std::enable_shared_from_this<Subscri
   // The thread's own.
   std::uint64_t generation_of_conn_ = 0;  // generation_ of the connection being served
   std::uint64_t acked_upto_ = 0;          // every tag up to this one is acked (multiple)
-  std::deque<PendingCopy> copies_;  // unconfirmed copies on channel 2, by tag
+  std::deque<PendingCopy> copies_;        // unconfirmed copies on channel 2, by tag
   std::uint64_t first_copy_tag_ = 1;
   bool dead_letter_declared_ = false;
   struct {
