@@ -275,11 +275,46 @@ TEST_F(NsqClient, AuthenticatesWhenNsqdAsks) {
   d->ack();
 }
 
+TEST_F(NsqClient, AdminReadsNsqdStatsAndEmptiesTopics) {
+  PeerOptions options;
+  options.http_port = 0;
+  Peer peer(options);
+  peer.start();
+  auto broker = Broker::open(peer.url() + "?http=127.0.0.1:" + std::to_string(peer.http_port()));
+  const auto topic = unique("admin");
+  auto sub = broker->subscribe({.topic = topic, .group = "g", .prefetch = 1});
+  for (int i = 0; i < 5; ++i) broker->publisher().publish(topic, Message::with_payload("m" + std::to_string(i)));
+  auto held = sub->receive(5s);
+  ASSERT_TRUE(held);
+  Admin* admin = broker->admin();
+  ASSERT_NE(admin, nullptr);
+  auto find = [&](const std::vector<TopicStats>& all) -> const TopicStats* {
+    for (const auto& t : all)
+      if (t.topic == topic) return &t;
+    return nullptr;
+  };
+  auto stats = admin->stats();
+  const TopicStats* t = find(stats);
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->messages, 5u);
+  ASSERT_EQ(t->groups.size(), 1u);
+  EXPECT_EQ(t->groups[0].group, "g");
+  EXPECT_EQ(t->groups[0].backlog, 5u);
+  EXPECT_EQ(t->groups[0].in_flight, 1u);
+  EXPECT_THROW(admin->peek(topic, 10), Error);
+  EXPECT_EQ(admin->purge(topic), 5u);
+  stats = admin->stats();
+  t = find(stats);
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->messages, 0u);
+  held->ack();  // nsqd emptied it: E_FIN_FAILED, ignored
+}
+
 TEST_F(NsqClient, UrlOptionsAreCheckedAtOpen) {
   Peer peer;
   peer.start();
-  for (const std::string query :
-       {"?nosuch=1", "?heartbeat=100ms", "?msg_timeout=10ms", "?max_in_flight=0", "?max_attempts=x", "?lookupd="}) {
+  for (const std::string query : {"?nosuch=1", "?heartbeat=100ms", "?msg_timeout=10ms", "?max_in_flight=0",
+                                  "?max_attempts=x", "?lookupd=", "?http="}) {
     try {
       Broker::open(peer.url() + query);
       ADD_FAILURE() << query << " was accepted";

@@ -388,12 +388,31 @@ void Peer::Impl::startup() {
   if (options.http_port >= 0) {
     http = std::make_unique<HttpServer>(
         io, options.host, options.http_port,
-        [this](const std::string& path, const std::map<std::string, std::string>&) {
-          if (path == "/ping") return std::pair<int, std::string>{200, "OK"};
-          if (path == "/info")
-            return std::pair<int, std::string>{200, json::serialize(json::object{{"version", kVersion}})};
-          if (path == "/stats") return std::pair<int, std::string>{200, stats_json()};
-          return std::pair<int, std::string>{404, R"({"message":"NOT_FOUND"})"};
+        [this](const std::string& path, const std::map<std::string, std::string>& query) {
+          using Answer = std::pair<int, std::string>;
+          if (path == "/ping") return Answer{200, "OK"};
+          if (path == "/info") return Answer{200, json::serialize(json::object{{"version", kVersion}})};
+          if (path == "/stats") return Answer{200, stats_json()};
+          if (path == "/topic/empty" || path == "/channel/empty") {
+            auto t = query.find("topic");
+            auto topic = t == query.end() ? topics_by_name.end() : topics_by_name.find(t->second);
+            if (topic == topics_by_name.end()) return Answer{404, R"({"message":"TOPIC_NOT_FOUND"})"};
+            if (path == "/topic/empty") {
+              topic->second->held.clear();
+              return Answer{200, ""};
+            }
+            auto c = query.find("channel");
+            auto channel = c == query.end() ? topic->second->channels.end() : topic->second->channels.find(c->second);
+            if (channel == topic->second->channels.end()) return Answer{404, R"({"message":"CHANNEL_NOT_FOUND"})"};
+            Channel& ch = *channel->second;
+            ch.queue.clear();
+            ch.deferred.clear();
+            for (auto& [id, flight] : ch.in_flight)
+              if (auto client = flight.client.lock()) --client->in_flight;
+            ch.in_flight.clear();
+            return Answer{200, ""};
+          }
+          return Answer{404, R"({"message":"NOT_FOUND"})"};
         });
     bound_http_port = http->port();
     options.http_port = bound_http_port;

@@ -24,7 +24,8 @@
 //   - heartbeats every heartbeat interval; a client silent for two intervals is closed;
 //     a disconnected client's in-flight messages wait for their timeout (as in nsqd)
 //   - CLS → CLOSE_WAIT, after which nothing more is sent to that client
-//   - HTTP (optional): GET /ping, /info, /stats?format=json (nsqd 1.x shape)
+//   - HTTP (optional): GET /ping, /info, /stats?format=json (nsqd 1.x shape), POST
+//     /topic/empty?topic= and /channel/empty?topic=&channel=
 //
 // Thread-safety: every method may be called from any thread. The peer runs one thread
 // ("nsq-peer-io").

@@ -13,6 +13,8 @@
 //                         nsqd by polling GET /lookup?topic=..., connect to new ones and
 //                         leave (CLS) those no longer listed
 //   lookupd_poll=10s      how often (±10 % jitter) nsqlookupd is polled
+//   http=host:4151[,...]  nsqd HTTP addresses for Broker::admin() (default: those nsqlookupd's
+//                         /nodes lists, and each nsqd's TCP port + 1, nsqd's default layout)
 //   max_in_flight=10000   publishes sent or queued and not yet confirmed, at most; past it a
 //                         publish waits up to publish_timeout, then fails with Errc::timeout.
 //                         (NSQ's consumer-side "max in flight" is SubscribeOptions::prefetch.)
@@ -105,9 +107,15 @@
 // and may be called from any thread; settlements and publishes are handed to the io
 // thread (asio::post). Subscriber::receive() waits on a condition variable.
 //
+// Admin (ferry stats, dlq purge): stats() merges GET /stats?format=json of every nsqd (a
+// group's backlog = depth + deferred + in flight; a topic's messages = what the topic
+// itself holds + its largest channel backlog, since each channel has its own copy);
+// purge() POSTs /topic/empty and /channel/empty for each channel; peek() throws
+// Error(invalid_argument): NSQ cannot show messages without consuming them.
+//
 // Not supported: TLS (tls_v1; ferry refuses an nsqd that demands it), snappy and deflate
-// compression (never requested), sample_rate, nsqd's HTTP publishing API, Admin
-// (Broker::admin() is null: use nsqd's /stats or nsqadmin), nsqlookupd's TCP protocol.
+// compression (never requested), sample_rate, nsqd's HTTP publishing API, peek (so `ferry
+// dlq list`), nsqlookupd's TCP protocol.
 
 #include <chrono>
 #include <string>

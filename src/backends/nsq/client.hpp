@@ -309,12 +309,15 @@ class Subscription : public Settler, public std::enable_shared_from_this<Subscri
 // it and a hash of the whole ("<prefix>-<8 hex>.dlq").
 std::string nsq_dead_letter_topic(const std::string& name);
 
-// GET http://endpoint/target over HTTP/1.0 on the io thread; `done(status, http_code,
-// body)` runs once on the io thread.
+// METHOD http://endpoint/target over HTTP/1.0 (no body) on the io thread; `done(status,
+// http_code, body)` runs once on the io thread.
+void http_request(Engine& engine, const Endpoint& endpoint, const std::string& method, const std::string& target,
+                  Ms timeout, std::function<void(const Status&, int, std::string)> done);
 void http_get(Engine& engine, const Endpoint& endpoint, const std::string& target, Ms timeout,
               std::function<void(const Status&, int, std::string)> done);
-// The nsqd TCP addresses in an nsqlookupd /lookup or /nodes answer (both the 1.x format
-// and the older one wrapped in "data"). Throws Error(protocol) on other JSON.
-std::vector<Endpoint> parse_producers(std::string_view json);
+// The nsqd TCP addresses (or HTTP addresses) in an nsqlookupd /lookup or /nodes answer
+// (both the 1.x format and the older one wrapped in "data"). Throws Error(protocol) on
+// other JSON.
+std::vector<Endpoint> parse_producers(std::string_view json, bool http_ports = false);
 
 }  // namespace ferry::nsq

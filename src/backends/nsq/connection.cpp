@@ -355,11 +355,12 @@ void Connection::fail(const Status& reason) {
 
 namespace {
 
-class HttpGet : public std::enable_shared_from_this<HttpGet> {
+class HttpRequest : public std::enable_shared_from_this<HttpRequest> {
  public:
-  HttpGet(Engine& engine, Endpoint endpoint, std::string target, Ms timeout,
-          std::function<void(const Status&, int, std::string)> done)
+  HttpRequest(Engine& engine, Endpoint endpoint, std::string method, std::string target, Ms timeout,
+              std::function<void(const Status&, int, std::string)> done)
       : endpoint_(std::move(endpoint)),
+        method_(std::move(method)),
         target_(std::move(target)),
         timeout_(timeout),
         resolver_(engine.io()),
@@ -371,7 +372,7 @@ class HttpGet : public std::enable_shared_from_this<HttpGet> {
     timer_.expires_after(timeout_);
     timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
       if (!ec)
-        self->finish({Errc::timeout, "nsqlookupd " + self->endpoint_.str() + " did not answer within " +
+        self->finish({Errc::timeout, "http://" + self->endpoint_.str() + " did not answer within " +
                                          std::to_string(self->timeout_.count()) + "ms"});
     });
     resolver_.async_resolve(
@@ -381,8 +382,8 @@ class HttpGet : public std::enable_shared_from_this<HttpGet> {
           asio::async_connect(
               self->socket_, results, [self](const boost::system::error_code& ec2, const tcp::endpoint&) {
                 if (ec2)
-                  return self->finish({Errc::unavailable, "cannot connect to nsqlookupd " + self->endpoint_.str() +
-                                                              " (" + ec2.message() + ")"});
+                  return self->finish({Errc::unavailable, "cannot connect to http://" + self->endpoint_.str() + " (" +
+                                                              ec2.message() + ")"});
                 self->send();
               });
         });
@@ -390,22 +391,26 @@ class HttpGet : public std::enable_shared_from_this<HttpGet> {
 
  private:
   void send() {
-    request_ = "GET " + target_ + " HTTP/1.0\r\nHost: " + endpoint_.str() +
-               "\r\nAccept: application/vnd.nsq; version=1.0\r\nUser-Agent: ferry/" FERRY_NSQ_VERSION "\r\n\r\n";
-    asio::async_write(socket_, asio::buffer(request_),
-                      [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
-                        if (ec) return self->finish({Errc::unavailable, "writing to nsqlookupd failed"});
-                        self->read();
-                      });
+    request_ = method_ + " " + target_ + " HTTP/1.0\r\nHost: " + endpoint_.str() +
+               "\r\nAccept: application/vnd.nsq; version=1.0\r\nUser-Agent: ferry/" FERRY_NSQ_VERSION
+               "\r\nContent-Length: 0\r\n\r\n";
+    asio::async_write(
+        socket_, asio::buffer(request_), [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+          if (ec) return self->finish({Errc::unavailable, "writing to http://" + self->endpoint_.str() + " failed"});
+          self->read();
+        });
   }
 
   void read() {
     socket_.async_read_some(
         asio::buffer(buffer_), [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
           self->response_.append(self->buffer_.data(), n);
-          if (self->response_.size() > (8u << 20)) return self->finish({Errc::protocol, "nsqlookupd answer too large"});
+          if (self->response_.size() > (8u << 20))
+            return self->finish({Errc::protocol, "http://" + self->endpoint_.str() + " answered too much"});
           if (ec == asio::error::eof) return self->finish({});
-          if (ec) return self->finish({Errc::unavailable, "reading from nsqlookupd failed (" + ec.message() + ")"});
+          if (ec)
+            return self->finish(
+                {Errc::unavailable, "reading from http://" + self->endpoint_.str() + " failed (" + ec.message() + ")"});
           self->read();
         });
   }
@@ -423,12 +428,13 @@ class HttpGet : public std::enable_shared_from_this<HttpGet> {
     auto space = response_.find(' ');
     auto split = response_.find("\r\n\r\n");
     if (response_.compare(0, 5, "HTTP/") != 0 || space == std::string::npos || split == std::string::npos)
-      return done({Errc::protocol, "nsqlookupd " + endpoint_.str() + " sent something other than HTTP"}, 0, {});
+      return done({Errc::protocol, endpoint_.str() + " sent something other than HTTP"}, 0, {});
     int code = std::atoi(response_.c_str() + space + 1);
     done({}, code, response_.substr(split + 4));
   }
 
   Endpoint endpoint_;
+  std::string method_;
   std::string target_;
   Ms timeout_;
   tcp::resolver resolver_;
@@ -442,12 +448,17 @@ class HttpGet : public std::enable_shared_from_this<HttpGet> {
 
 }  // namespace
 
-void http_get(Engine& engine, const Endpoint& endpoint, const std::string& target, Ms timeout,
-              std::function<void(const Status&, int, std::string)> done) {
-  std::make_shared<HttpGet>(engine, endpoint, target, timeout, std::move(done))->start();
+void http_request(Engine& engine, const Endpoint& endpoint, const std::string& method, const std::string& target,
+                  Ms timeout, std::function<void(const Status&, int, std::string)> done) {
+  std::make_shared<HttpRequest>(engine, endpoint, method, target, timeout, std::move(done))->start();
 }
 
-std::vector<Endpoint> parse_producers(std::string_view text) {
+void http_get(Engine& engine, const Endpoint& endpoint, const std::string& target, Ms timeout,
+              std::function<void(const Status&, int, std::string)> done) {
+  http_request(engine, endpoint, "GET", target, timeout, std::move(done));
+}
+
+std::vector<Endpoint> parse_producers(std::string_view text, bool http_ports) {
   std::vector<Endpoint> out;
   try {
     auto value = json::parse(text);
@@ -462,7 +473,7 @@ std::vector<Endpoint> parse_producers(std::string_view text) {
         e.host = std::string(a->as_string());
       else if (auto* b = po.if_contains("address"); b && b->is_string())
         e.host = std::string(b->as_string());
-      e.port = static_cast<int>(po.at("tcp_port").to_number<std::int64_t>());
+      e.port = static_cast<int>(po.at(http_ports ? "http_port" : "tcp_port").to_number<std::int64_t>());
       if (!e.host.empty() && e.port > 0 && e.port < 65536) out.push_back(std::move(e));
     }
   } catch (const std::exception& e) {

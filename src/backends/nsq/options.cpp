@@ -44,16 +44,19 @@ Options Options::from_url(const Url& url) {
                 "nsq URL " + url.masked() + " has a user or password; NSQ authenticates with auth_secret=...");
   for (const auto& [key, value] : url.query()) {
     const std::string what = "nsq option " + key;
-    if (key == "lookupd") {
+    if (key == "lookupd" || key == "http") {
+      auto& list = key == "lookupd" ? o.lookupd : o.http;
       std::size_t pos = 0;
       while (pos <= value.size()) {
         auto comma = value.find(',', pos);
         auto item = value.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
-        if (!item.empty()) o.lookupd.push_back(parse_endpoint(item, 4161, what));
+        if (!item.empty()) list.push_back(parse_endpoint(item, key == "lookupd" ? 4161 : 4151, what));
         if (comma == std::string::npos) break;
         pos = comma + 1;
       }
-      if (o.lookupd.empty()) throw Error(Errc::invalid_argument, "nsq option lookupd is empty; give host:4161");
+      if (list.empty())
+        throw Error(Errc::invalid_argument,
+                    "nsq option " + key + " is empty; give host:" + (key == "lookupd" ? "4161" : "4151"));
     } else if (key == "lookupd_poll") {
       o.lookupd_poll = parse_duration(value, what);
       if (o.lookupd_poll < std::chrono::milliseconds{100})
@@ -104,7 +107,7 @@ Options Options::from_url(const Url& url) {
     } else {
       throw Error(Errc::invalid_argument,
                   "unknown nsq option '" + key + "' in " + url.masked() +
-                      "; known: lookupd, lookupd_poll, max_in_flight, publish_timeout, msg_timeout, heartbeat, "
+                      "; known: lookupd, http, lookupd_poll, max_in_flight, publish_timeout, msg_timeout, heartbeat, "
                       "max_attempts, connect_timeout, max_backoff, max_message_size, max_body_size, auth_secret, "
                       "client_id");
     }

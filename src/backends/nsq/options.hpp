@@ -21,6 +21,7 @@ struct Endpoint {
 struct Options {
   std::vector<Endpoint> nsqd{};     // TCP addresses, in failover order for publishing
   std::vector<Endpoint> lookupd{};  // HTTP addresses of nsqlookupd
+  std::vector<Endpoint> http{};     // HTTP addresses of the nsqd, for Admin (empty: derived)
   std::chrono::milliseconds lookupd_poll{10'000};
   std::size_t max_in_flight = 10'000;  // publishes not yet confirmed, at most
   std::chrono::milliseconds publish_timeout{5'000};
