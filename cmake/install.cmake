@@ -6,10 +6,12 @@ set_target_properties(ferry_core PROPERTIES EXPORT_NAME core)
 set_target_properties(ferry_memory PROPERTIES EXPORT_NAME memory)
 set_target_properties(ferry_sqlite PROPERTIES EXPORT_NAME sqlite)
 set_target_properties(ferry_kafka PROPERTIES EXPORT_NAME kafka)
+set_target_properties(ferry_amqp PROPERTIES EXPORT_NAME amqp)
+set_target_properties(ferry_nsq PROPERTIES EXPORT_NAME nsq)
 set_target_properties(ferry_router PROPERTIES EXPORT_NAME router)
 
 install(DIRECTORY include/ferry DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(TARGETS ferry_core ferry_memory ferry_sqlite ferry_kafka ferry_router
+install(TARGETS ferry_core ferry_memory ferry_sqlite ferry_kafka ferry_amqp ferry_nsq ferry_router
         EXPORT ferryTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}

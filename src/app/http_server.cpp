@@ -152,6 +152,7 @@ class Session : public std::enable_shared_from_this<Session> {
     request.target = std::string(req.target());
     if (auto it = req.find(http::field::content_type); it != req.end()) request.content_type = std::string(it->value());
     if (auto it = req.find("Idempotency-Key"); it != req.end()) request.idempotency_key = std::string(it->value());
+    if (auto it = req.find("traceparent"); it != req.end()) request.traceparent = std::string(it->value());
     request.body = std::move(req.body());
     method_ = request.method;
     target_ = request.target;

@@ -35,6 +35,7 @@ struct HttpRequest {
   std::string target;  // path and query, as sent
   std::string content_type;
   std::optional<std::string> idempotency_key;
+  std::optional<std::string> traceparent;  // W3C Trace Context header, as sent
   std::string body;
 };
 

@@ -57,6 +57,27 @@ bool valid_key(std::string_view key) {
   return true;
 }
 
+// W3C Trace Context: version "00"-style 2 hex, 32 hex trace id, 16 hex parent id, 2 hex
+// flags, lower case; version ff and all-zero ids are invalid. Later versions may append
+// fields after a '-', which are kept as sent.
+bool valid_traceparent(std::string_view value) {
+  constexpr std::size_t fields[] = {2, 32, 16, 2};
+  if (value.size() < 55 || (value.size() > 55 && value[55] != '-')) return false;
+  std::size_t at = 0;
+  for (std::size_t f = 0; f < 4; ++f) {
+    bool all_zero = true;
+    for (std::size_t i = 0; i < fields[f]; ++i, ++at) {
+      char c = value[at];
+      if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+      if (c != '0') all_zero = false;
+    }
+    if (f < 3 && value[at++] != '-') return false;
+    if ((f == 1 || f == 2) && all_zero) return false;
+  }
+  if (value.substr(0, 2) == "ff") return false;
+  return value.size() == 55 || value.substr(0, 2) != "00";
+}
+
 json::object order_json(const OrderRecord& r) {
   json::array products;
   for (const auto& p : r.product_ids) products.emplace_back(p);
@@ -144,6 +165,7 @@ class OrderApi::Impl : public std::enable_shared_from_this<Impl> {
     const NamedBroker* broker = nullptr;
     OrderCreated event;
     std::optional<std::string> key;
+    std::optional<std::string> traceparent;
     Responder respond;
   };
 
@@ -181,6 +203,8 @@ class OrderApi::Impl : public std::enable_shared_from_this<Impl> {
     auto pending = std::make_shared<Pending>();
     pending->broker = &broker;
     pending->key = std::move(request.idempotency_key);
+    if (request.traceparent && valid_traceparent(*request.traceparent))
+      pending->traceparent = std::move(request.traceparent);
     pending->respond = std::move(respond);
     std::string order_id = make_order_id();
     if (!pending->key) {
@@ -244,6 +268,7 @@ class OrderApi::Impl : public std::enable_shared_from_this<Impl> {
     m.id = pending->event.order_id;
     m.key = pending->event.order_id;
     m.headers.emplace("content-type", "application/json");
+    if (pending->traceparent) m.headers.emplace(header::traceparent, *pending->traceparent);
     m.payload = encode_order_created(pending->event);
     counters_.publishing.fetch_add(1);
     try {

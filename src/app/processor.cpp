@@ -40,8 +40,10 @@ void process_order_created(Request& request, OrderStore& store, const ProcessorO
   }
   if (outcome == ProcessOutcome::processed) {
     counters.processed.fetch_add(1, std::memory_order_relaxed);
-    spdlog::debug("order processor: order {} processed (message {}, attempt {})", decoded.event->order_id,
-                  message.id, request.attempt());
+    auto trace = message.headers.find(header::traceparent);
+    spdlog::debug("order processor: order {} processed (message {}, attempt {}, traceparent {})",
+                  decoded.event->order_id, message.id, request.attempt(),
+                  trace == message.headers.end() ? std::string("-") : trace->second);
   } else {
     counters.duplicates.fetch_add(1, std::memory_order_relaxed);
     spdlog::info("order processor: order {} was already processed; duplicate message {} acked",
@@ -75,7 +77,7 @@ class CountingStore : public IdempotencyStore {
 
 Handler order_handler(OrderStore& store, const ProcessorOptions& options, ProcessorCounters& counters) {
   auto idempotency = options.idempotency ? options.idempotency : make_memory_idempotency_store();
-  std::vector<Middleware> chain{middleware::recoverer()};
+  std::vector<Middleware> chain{middleware::recoverer(), middleware::correlation_id()};
   if (options.registry) chain.push_back(middleware::metrics(*options.registry));
   chain.push_back(middleware::dead_letter());
   chain.push_back(middleware::retry({.max_attempts = options.max_attempts,

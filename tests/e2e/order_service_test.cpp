@@ -282,6 +282,31 @@ TEST_F(OrderService, PostsThroughTheNamedBroker) {
   EXPECT_EQ(p->wait_exit(15s), 0);
 }
 
+TEST_F(OrderService, TraceparentGoesFromTheRequestIntoTheEvent) {
+  auto [p, port] = serve({"--no-processor"});
+  ASSERT_NE(port, 0);
+  HttpClient client(port);
+  const std::string trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  auto traced = client.post_json("/orders", order_body("traced"), {{"traceparent", trace}});
+  ASSERT_EQ(traced.status, 202) << traced.body;
+  // A malformed traceparent is not passed on (and does not fail the order).
+  auto bad = client.post_json("/orders", order_body("bad-trace"),
+                              {{"traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"}});
+  ASSERT_EQ(bad.status, 202) << bad.body;
+  auto listed = run_ferry({"dlq", "list", "--broker", broker_url(), "-t", "orders"}, dir_.path().string());
+  ASSERT_EQ(listed.exit_code, 0) << listed.output;
+  std::size_t traced_line = listed.output.find(json_field(traced.body, "order_id"));
+  ASSERT_NE(traced_line, std::string::npos) << listed.output;
+  std::string line = listed.output.substr(traced_line, listed.output.find('\n', traced_line) - traced_line);
+  EXPECT_NE(line.find("traceparent=" + trace), std::string::npos) << line;
+  std::size_t bad_line = listed.output.find(json_field(bad.body, "order_id"));
+  ASSERT_NE(bad_line, std::string::npos) << listed.output;
+  line = listed.output.substr(bad_line, listed.output.find('\n', bad_line) - bad_line);
+  EXPECT_EQ(line.find("traceparent="), std::string::npos) << line;
+  p->signal(SIGTERM);
+  EXPECT_EQ(p->wait_exit(15s), 0);
+}
+
 TEST_F(OrderService, BrokerThatCannotWriteGets503WithRetryAfter) {
   // Another process holds the broker file's write lock longer than the broker waits.
   std::string url = broker_url() + "?busy_timeout=300ms";

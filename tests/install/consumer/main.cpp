@@ -1,5 +1,8 @@
 // Publishes and consumes one message through the installed ferry; exit 0 on success.
+#include <ferry/backends/amqp.hpp>
+#include <ferry/backends/kafka.hpp>
 #include <ferry/backends/memory.hpp>
+#include <ferry/backends/nsq.hpp>
 #include <ferry/backends/sqlite.hpp>
 #include <ferry/broker.hpp>
 
@@ -8,6 +11,9 @@
 int main() {
   ferry::memory::register_scheme();
   ferry::sqlite::register_scheme();
+  ferry::kafka::register_scheme();
+  ferry::amqp::register_scheme();
+  ferry::nsq::register_scheme();
   auto broker = ferry::Broker::open("memory://");
   auto sub = broker->subscribe({.topic = "t", .group = "g"});
   broker->publisher().publish("t", ferry::Message::with_payload("hello from an installed ferry"));
