@@ -274,6 +274,22 @@ std::string json_field(const std::string& json, const std::string& name) {
   return std::string(f->get_string());
 }
 
+std::vector<std::string> wait_processed(std::uint16_t port, std::vector<std::string> ids,
+                                        std::chrono::milliseconds timeout) {
+  HttpClient client(port);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!ids.empty() && std::chrono::steady_clock::now() < deadline) {
+    std::vector<std::string> still;
+    for (const auto& id : ids) {
+      auto r = client.get("/orders/" + id);
+      if (r.status != 200 || json_field(r.body, "state") != "processed") still.push_back(id);
+    }
+    ids.swap(still);
+    if (!ids.empty()) std::this_thread::sleep_for(std::chrono::milliseconds{100});
+  }
+  return ids;
+}
+
 std::string order_body(const std::string& user, int products) {
   std::string body = R"({"user_id":")" + user + R"(","product_ids":[)";
   for (int i = 0; i < products; ++i) body += (i ? "," : "") + std::string("\"sku-") + std::to_string(i) + "\"";

@@ -99,6 +99,11 @@ std::string json_field(const std::string& json, const std::string& name);
 // An order body for user `user` with `products` product ids.
 std::string order_body(const std::string& user, int products = 2);
 
+// Polls GET /orders/{id} on a service at `port` until every order is processed or the
+// timeout passes; returns the ids that are not processed.
+std::vector<std::string> wait_processed(std::uint16_t port, std::vector<std::string> ids,
+                                        std::chrono::milliseconds timeout);
+
 // Counts rows of the order store file with a query returning one integer.
 std::int64_t store_count(const std::string& store_path, const std::string& sql);
 

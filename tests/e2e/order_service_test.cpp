@@ -47,25 +47,6 @@ class OrderService : public ::testing::Test {
     return {std::move(p), port};
   }
 
-  // Polls GET /orders/{id} until every order is processed or the timeout passes; returns
-  // the ids that are not processed.
-  static std::vector<std::string> wait_processed(std::uint16_t port, const std::vector<std::string>& ids,
-                                                 std::chrono::milliseconds timeout) {
-    std::vector<std::string> left = ids;
-    HttpClient client(port);
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (!left.empty() && std::chrono::steady_clock::now() < deadline) {
-      std::vector<std::string> still;
-      for (const auto& id : left) {
-        auto r = client.get("/orders/" + id);
-        if (r.status != 200 || json_field(r.body, "state") != "processed") still.push_back(id);
-      }
-      left.swap(still);
-      if (!left.empty()) std::this_thread::sleep_for(100ms);
-    }
-    return left;
-  }
-
   // Runs `clients` threads that POST orders until `stop` is set or the server goes away;
   // collects the ids that got 202 and counts the other answers.
   struct Load {

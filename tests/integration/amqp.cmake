@@ -30,7 +30,7 @@ add_executable(ferry_amqp_integration_tests
   ${CMAKE_CURRENT_LIST_DIR}/amqp_topology_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/amqp_serve_test.cpp
   ${PROJECT_SOURCE_DIR}/tests/e2e/e2e_support.cpp)
-target_include_directories(ferry_amqp_integration_tests PRIVATE ${PROJECT_SOURCE_DIR}/tests/e2e)
+target_include_directories(ferry_amqp_integration_tests PRIVATE ${PROJECT_SOURCE_DIR}/tests/e2e ${PROJECT_SOURCE_DIR}/tests/support)
 target_link_libraries(ferry_amqp_integration_tests PRIVATE ferry_core ferry_amqp ferry_rabbitmq_fixture
                       GTest::gtest_main SQLite::SQLite3 Boost::json Threads::Threads ferry_warnings)
 target_compile_definitions(ferry_amqp_integration_tests PRIVATE FERRY_BINARY="$<TARGET_FILE:ferry>"

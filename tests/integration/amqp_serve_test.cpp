@@ -1,6 +1,6 @@
 // `ferry serve --broker amqp://...` end to end, against the fixture's RabbitMQ node: POST
 // /orders, then GET /orders/{id} until the processor has handled it; the orders travel
-// through RabbitMQ queues; SIGTERM stops the service cleanly.
+// through RabbitMQ queues, whose depth /metrics reports; SIGTERM stops the service cleanly.
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "e2e_support.hpp"
+#include "prometheus_text.hpp"
 #include "rabbitmq_fixture.hpp"
 
 namespace ferry::e2e {
@@ -32,19 +33,15 @@ TEST(AmqpServe, OrdersAreAcceptedAndProcessedThroughRabbitMq) {
     ids.push_back(json_field(r.body, "order_id"));
     ASSERT_FALSE(ids.back().empty()) << r.body;
   }
-  std::vector<std::string> left = ids;
-  const auto deadline = std::chrono::steady_clock::now() + 30s;
-  while (!left.empty() && std::chrono::steady_clock::now() < deadline) {
-    std::vector<std::string> still;
-    for (const auto& id : left) {
-      auto r = client.get("/orders/" + id);
-      if (r.status != 200 || json_field(r.body, "state") != "processed") still.push_back(id);
-    }
-    left.swap(still);
-    if (!left.empty()) std::this_thread::sleep_for(100ms);
-  }
+  auto left = wait_processed(port, ids, 30s);
   EXPECT_TRUE(left.empty()) << left.size() << " orders were never processed\n" << serve.log();
   EXPECT_EQ(client.get("/readyz").status, 200);
+
+  // The depth of the processor's queue reaches /metrics as its group's backlog.
+  auto scrape = [&] { return client.get("/metrics").body; };
+  auto backlog = ferry::testing::wait_for_sample(
+      scrape, "ferry_backlog", {{"backend", "amqp"}, {"topic", "orders"}, {"group", "order-processor"}}, 0, 10s);
+  EXPECT_EQ(backlog, 0.0) << scrape();
 
   serve.signal(SIGTERM);
   EXPECT_EQ(serve.wait_exit(30s), 0) << serve.log();

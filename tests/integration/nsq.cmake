@@ -19,7 +19,7 @@ gtest_discover_tests(ferry_nsq_integration_tests DISCOVERY_TIMEOUT 60 PROPERTIES
 # (One label per test: gtest_discover_tests splits a list of labels into separate
 # arguments. Select the NSQ tests with ctest -R "^Nsq" or -R "nsq/".)
 add_executable(ferry_nsq_serve_tests nsq_serve_test.cpp ${PROJECT_SOURCE_DIR}/tests/e2e/e2e_support.cpp)
-target_include_directories(ferry_nsq_serve_tests PRIVATE ${PROJECT_SOURCE_DIR}/tests/e2e)
+target_include_directories(ferry_nsq_serve_tests PRIVATE ${PROJECT_SOURCE_DIR}/tests/e2e ${PROJECT_SOURCE_DIR}/tests/support)
 target_compile_definitions(ferry_nsq_serve_tests PRIVATE FERRY_BINARY="$<TARGET_FILE:ferry>" BOOST_ASIO_NO_DEPRECATED)
 target_link_libraries(ferry_nsq_serve_tests PRIVATE ferry_nsq_peer GTest::gtest_main Boost::json SQLite::SQLite3
                       Threads::Threads ferry_warnings)

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "e2e_support.hpp"
+#include "prometheus_text.hpp"
 #include "nsq_peer.hpp"
 
 namespace ferry::e2e {
@@ -20,31 +21,24 @@ class NsqServe : public ::testing::Test {
 
   std::unique_ptr<FerryProcess> start(const std::string& command, std::vector<std::string> extra = {}) {
     std::vector<std::string> args{
-        command,         "--store", dir_.file("orders.db"), "--broker", peer_.url() + "?max_backoff=200ms",
-        "--ack-timeout", "2"};
+        command,         "--store", dir_.file("orders.db"), "--broker", broker_url(), "--ack-timeout", "2"};
     if (command == "serve") args.insert(args.end(), {"--listen", "127.0.0.1:0", "--threads", "2"});
     args.insert(args.end(), extra.begin(), extra.end());
     return std::make_unique<FerryProcess>(args, dir_.file(command + std::to_string(++started_) + ".log"),
                                           dir_.path().string());
   }
 
-  static std::vector<std::string> wait_processed(std::uint16_t port, std::vector<std::string> left,
-                                                 std::chrono::milliseconds timeout) {
-    HttpClient client(port);
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (!left.empty() && std::chrono::steady_clock::now() < deadline) {
-      std::vector<std::string> still;
-      for (const auto& id : left) {
-        auto r = client.get("/orders/" + id);
-        if (r.status != 200 || json_field(r.body, "state") != "processed") still.push_back(id);
-      }
-      left.swap(still);
-      if (!left.empty()) std::this_thread::sleep_for(100ms);
-    }
-    return left;
+  std::string broker_url() const {
+    return peer_.url() + "?max_backoff=200ms&http=127.0.0.1:" + std::to_string(peer_.http_port());
   }
 
-  nsq_peer::Peer peer_;
+  static nsq_peer::PeerOptions with_http() {
+    nsq_peer::PeerOptions o;
+    o.http_port = 0;  // nsqd's HTTP API, for the backlog in /metrics
+    return o;
+  }
+
+  nsq_peer::Peer peer_{with_http()};
   TempDir dir_;
   int started_ = 0;
 };
@@ -71,6 +65,12 @@ TEST_F(NsqServe, OrdersArePublishedToNsqAndProcessed) {
     for (const auto& c : t.channels) EXPECT_EQ(c.finish_count, ids.size()) << "channel " << c.name;
   }
   EXPECT_TRUE(found) << "nothing was published to the peer's 'orders' topic";
+
+  // The channel's depth from nsqd's /stats reaches /metrics as the group's backlog.
+  auto scrape = [&] { return client.get("/metrics").body; };
+  auto backlog = ferry::testing::wait_for_sample(
+      scrape, "ferry_backlog", {{"backend", "nsq"}, {"topic", "orders"}, {"group", "order-processor"}}, 0, 10s);
+  EXPECT_EQ(backlog, 0.0) << scrape();
 
   serve->signal(SIGTERM);
   auto code = serve->wait_exit(15s);

@@ -4,11 +4,14 @@
 // family declared by TYPE before it; histogram buckets must be cumulative and end in
 // le="+Inf" equal to _count. Throws std::runtime_error naming the line on any violation.
 
+#include <chrono>
 #include <cmath>
+#include <optional>
 #include <map>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace ferry::testing {
@@ -189,6 +192,27 @@ inline Exposition parse_prometheus(const std::string& text) {
     }
   }
   return out;
+}
+
+// Scrapes with `fetch` (returns an exposition's text) until the sample `name` whose labels
+// include `match` equals `expected` or `timeout` passes. Returns the last value seen, or
+// nullopt if no scrape had the sample. Every scrape must parse.
+template <class Fetch>
+std::optional<double> wait_for_sample(Fetch fetch, const std::string& name,
+                                      const std::map<std::string, std::string>& match, double expected,
+                                      std::chrono::milliseconds timeout) {
+  std::optional<double> seen;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    Exposition parsed = parse_prometheus(fetch());
+    try {
+      seen = parsed.value(name, match);
+    } catch (const std::runtime_error&) {
+      // not reported yet
+    }
+    if ((seen && *seen == expected) || std::chrono::steady_clock::now() >= deadline) return seen;
+    std::this_thread::sleep_for(std::chrono::milliseconds{200});
+  }
 }
 
 }  // namespace ferry::testing
