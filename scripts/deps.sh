@@ -11,7 +11,8 @@ build_packages=(
   librdkafka-dev librabbitmq-dev
   libgtest-dev libgmock-dev libbenchmark-dev
 )
-test_packages=(rabbitmq-server python3-kafka python3-pika curl sqlite3)
+test_packages=(rabbitmq-server python3-kafka python3-pika curl sqlite3
+  libcpp-httplib-dev librestinio-dev libpistache-dev python3-yaml)
 
 case "${1:-build}" in
   build) wanted=("${build_packages[@]}") ;;
