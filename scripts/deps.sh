@@ -8,10 +8,10 @@ build_packages=(
   cmake ninja-build g++ make ccache pkg-config
   libboost1.81-dev libboost-json1.81-dev libboost-url1.81-dev
   libspdlog-dev libcli11-dev libsqlite3-dev
-  librdkafka-dev librabbitmq-dev
+  librdkafka-dev librabbitmq-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
 )
-test_packages=(rabbitmq-server python3-kafka python3-pika curl sqlite3
+test_packages=(rabbitmq-server python3-kafka python3-pika curl sqlite3 openssl
   libcpp-httplib-dev librestinio-dev libpistache-dev python3-yaml)
 
 case "${1:-build}" in

@@ -22,6 +22,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -40,9 +41,13 @@ using tcp = asio::ip::tcp;
 using Ms = std::chrono::milliseconds;
 using SteadyClock = std::chrono::steady_clock;
 
-// The io_context and its thread.
+class TlsContext;  // tls.hpp
+struct TlsStream;
+
+// The io_context and its thread, and the TLS context when the URL asks for TLS.
 class Engine {
  public:
+  // Throws Error(invalid_argument) when a tls_ option names a file that cannot be loaded.
   explicit Engine(Options options);
   ~Engine();
   Engine(const Engine&) = delete;
@@ -51,6 +56,8 @@ class Engine {
   asio::io_context& io() { return io_; }
   // The broker's options, alive as long as anything holds the engine.
   const Options& options() const noexcept { return options_; }
+  // The shared client TLS context; null unless options().tls.
+  TlsContext* tls() const noexcept { return tls_.get(); }
   bool on_io_thread() { return io_.get_executor().running_in_this_thread(); }
   void post(std::function<void()> fn);
   // Runs `fn` on the io thread and waits for it (inline when already there). After stop()
@@ -61,6 +68,7 @@ class Engine {
 
  private:
   Options options_;
+  std::unique_ptr<TlsContext> tls_;
   asio::io_context io_;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
   std::thread thread_;
@@ -75,11 +83,14 @@ struct Negotiated {
   Ms msg_timeout{60'000};
   Ms max_msg_timeout{15 * 60'000};
   bool auth_required = false;
+  bool tls = false;  // the connection runs over TLS
   std::string version{};
 };
 
-// One TCP connection to one nsqd: the magic, IDENTIFY (and AUTH when nsqd asks), then
-// frames in and commands out. Heartbeats are answered here with NOP and never reach the
+// One TCP connection to one nsqd: the magic, IDENTIFY (then, with tls=true, the TLS
+// handshake nsqd's answer calls for and nsqd's OK over TLS; and AUTH when nsqd asks), then
+// frames in and commands out. Plain or TLS is decided once per connection: reads and
+// writes pick the socket or the TLS stream per call, not per byte. Heartbeats are answered here with NOP and never reach the
 // handlers; a connection from which nothing arrives for two heartbeat intervals is
 // closed as dead. All of it on the io thread.
 class Connection : public std::enable_shared_from_this<Connection> {
@@ -110,13 +121,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::string describe() const;  // "nsqd 127.0.0.1:4150"
 
  private:
-  enum class State { connecting, identifying, authenticating, ready, draining, closed };
+  // securing: the TLS handshake runs; confirming_tls: waiting for nsqd's OK over TLS.
+  enum class State { connecting, identifying, securing, confirming_tls, authenticating, ready, draining, closed };
 
   void on_connected();
   void read();
   void on_read(std::size_t n);
   void handle(Frame& frame);
   void handshake_frame(Frame& frame);
+  void start_tls();
+  void identified();
+  std::string tls_hint(std::string_view error) const;
   void write();
   void fail(const Status& reason);
   void arm_liveness();
@@ -128,6 +143,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::string role_;
   tcp::resolver resolver_;
   tcp::socket socket_;
+  std::unique_ptr<TlsStream> tls_;  // over socket_, once TLS is negotiated
   asio::steady_timer deadline_;
   asio::steady_timer liveness_;
   FrameReader reader_;

@@ -1,5 +1,5 @@
-// The io thread, one nsqd connection (handshake, heartbeats, framing) and a tiny HTTP
-// GET for nsqlookupd.
+// The io thread, one nsqd connection (handshake, TLS, heartbeats, framing) and a tiny
+// HTTP GET for nsqlookupd.
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -12,6 +12,7 @@
 #include <boost/json.hpp>
 
 #include "client.hpp"
+#include "tls.hpp"
 
 namespace ferry::nsq {
 
@@ -20,7 +21,10 @@ namespace json = boost::json;
 // ---------------------------------------------------------------------------------------
 // Engine
 
-Engine::Engine(Options options) : options_(std::move(options)), work_(asio::make_work_guard(io_)) {
+Engine::Engine(Options options)
+    : options_(std::move(options)),
+      tls_(options_.tls ? std::make_unique<TlsContext>(options_) : nullptr),
+      work_(asio::make_work_guard(io_)) {
   thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "ferry-nsq-io");
     while (true) {
@@ -154,6 +158,7 @@ void Connection::on_connected() {
   identify["output_buffer_size"] = 16384;
   identify["output_buffer_timeout"] = 25;
   if (msg_timeout_.count() > 0) identify["msg_timeout"] = msg_timeout_.count();
+  if (options_.tls) identify["tls_v1"] = true;
   std::string hello(kMagicV2);
   hello += encode_command("IDENTIFY", json::serialize(identify));
   last_read_ = SteadyClock::now();
@@ -162,18 +167,21 @@ void Connection::on_connected() {
 }
 
 void Connection::read() {
-  socket_.async_read_some(
-      asio::buffer(read_buffer_), [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
-        if (self->state_ == State::closed) return;
-        if (ec) {
-          if (self->state_ == State::draining)
-            self->close({});
-          else
-            self->fail({Errc::unavailable, "connection to " + self->describe() + " lost (" + ec.message() + ")"});
-          return;
-        }
-        self->on_read(n);
-      });
+  auto on_read = [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
+    if (self->state_ == State::closed) return;
+    if (ec) {
+      if (self->state_ == State::draining)
+        self->close({});
+      else
+        self->fail({Errc::unavailable, "connection to " + self->describe() + " lost (" + ec.message() + ")"});
+      return;
+    }
+    self->on_read(n);
+  };
+  if (tls_)
+    tls_->stream.async_read_some(asio::buffer(read_buffer_), std::move(on_read));
+  else
+    socket_.async_read_some(asio::buffer(read_buffer_), std::move(on_read));
 }
 
 void Connection::on_read(std::size_t n) {
@@ -187,6 +195,7 @@ void Connection::on_read(std::size_t n) {
     fail({Errc::protocol, describe() + " broke the NSQ protocol: " + reader_.error()});
     return;
   }
+  if (state_ == State::securing) return;  // the TLS handshake reads next, then read() again
   read();
 }
 
@@ -195,17 +204,25 @@ void Connection::handle(Frame& frame) {
     send(encode_command("NOP"));
     return;
   }
-  if (state_ == State::identifying || state_ == State::authenticating) {
+  if (state_ == State::identifying || state_ == State::confirming_tls || state_ == State::authenticating) {
     handshake_frame(frame);
     return;
   }
+  if (frame.type == FrameType::error) frame.data += tls_hint(frame.data);
   if (on_frame_) on_frame_(frame);
+}
+
+std::string Connection::tls_hint(std::string_view error) const {
+  // nsqd --tls-required refuses every command but IDENTIFY on a plain connection, fatally.
+  if (tls_ || error.find("TLS required") == std::string_view::npos) return {};
+  return "; " + describe() + " accepts only TLS connections: add tls=true to the nsq:// URL (and tls_ca=<file> "
+         "unless a CA the system trusts signed its certificate)";
 }
 
 void Connection::handshake_frame(Frame& frame) {
   if (frame.type == FrameType::error) {
-    fail({errc_for(frame.data),
-          describe() + " refused " + (state_ == State::identifying ? "IDENTIFY" : "AUTH") + ": " + frame.data});
+    const char* command = state_ == State::identifying ? "IDENTIFY" : state_ == State::confirming_tls ? "TLS" : "AUTH";
+    fail({errc_for(frame.data), describe() + " refused " + command + ": " + frame.data + tls_hint(frame.data)});
     return;
   }
   if (frame.type != FrameType::response) {
@@ -213,6 +230,7 @@ void Connection::handshake_frame(Frame& frame) {
     return;
   }
   if (state_ == State::identifying) {
+    bool tls_offered = false;
     if (frame.data != kOk) {
       try {
         auto value = json::parse(frame.data);
@@ -224,26 +242,37 @@ void Connection::handshake_frame(Frame& frame) {
           negotiated_.max_msg_timeout = Ms{v->as_int64()};
         if (auto* v = o.if_contains("auth_required"); v && v->is_bool()) negotiated_.auth_required = v->as_bool();
         if (auto* v = o.if_contains("version"); v && v->is_string()) negotiated_.version = std::string(v->as_string());
-        if (auto* v = o.if_contains("tls_v1"); v && v->is_bool() && v->as_bool()) {
-          fail({Errc::unavailable, describe() + " wants TLS, which ferry's NSQ client does not support"});
-          return;
-        }
+        if (auto* v = o.if_contains("tls_v1"); v && v->is_bool()) tls_offered = v->as_bool();
       } catch (const std::exception& e) {
         fail({Errc::protocol, describe() + " answered IDENTIFY with neither OK nor JSON: " + e.what()});
         return;
       }
     }
-    if (negotiated_.auth_required) {
-      if (options_.auth_secret.empty()) {
-        fail({Errc::unavailable, describe() + " requires AUTH; give the secret in the URL as auth_secret=..."});
+    if (tls_offered && !options_.tls) {
+      fail({Errc::protocol, describe() + " turned TLS on although ferry did not ask for it (tls_v1)"});
+      return;
+    }
+    if (options_.tls) {
+      if (!tls_offered) {
+        // Never fall back to plain text when the URL asked for TLS.
+        fail({Errc::unavailable, describe() + " does not offer TLS, which the URL asks for (tls=true): start nsqd with "
+                                              "--tls-cert and --tls-key, or drop the tls options from the URL"});
         return;
       }
-      state_ = State::authenticating;
-      send(encode_command("AUTH", options_.auth_secret));
+      start_tls();
+      return;
+    }
+  } else if (state_ == State::confirming_tls) {
+    if (frame.data != kOk) {
+      fail({Errc::protocol, describe() + " answered the TLS handshake with '" + frame.data + "' instead of OK"});
       return;
     }
   }
-  // IDENTIFY without AUTH, or the AUTH answer: ready.
+  if (state_ != State::authenticating) {
+    identified();
+    return;
+  }
+  // The AUTH answer: ready.
   state_ = State::ready;
   deadline_.cancel();
   arm_liveness();
@@ -251,6 +280,53 @@ void Connection::handshake_frame(Frame& frame) {
     on_ready_ = nullptr;
     ready({});
   }
+}
+
+void Connection::identified() {
+  if (negotiated_.auth_required) {
+    if (options_.auth_secret.empty()) {
+      fail({Errc::unavailable, describe() + " requires AUTH; give the secret in the URL as auth_secret=..."});
+      return;
+    }
+    state_ = State::authenticating;
+    send(encode_command("AUTH", options_.auth_secret));
+    return;
+  }
+  state_ = State::ready;
+  deadline_.cancel();
+  arm_liveness();
+  if (auto ready = std::move(on_ready_)) {
+    on_ready_ = nullptr;
+    ready({});
+  }
+}
+
+// As the spec has it: after an IDENTIFY answer with "tls_v1": true the client starts the
+// TLS handshake at once, and nsqd answers OK over TLS when it is done.
+void Connection::start_tls() {
+  if (reader_.buffered() != 0) {  // nsqd sends nothing more until the client's hello
+    fail({Errc::protocol, describe() + " sent data after its IDENTIFY answer, before the TLS handshake"});
+    return;
+  }
+  if (!engine_.tls()) {
+    fail({Errc::internal, "no TLS context for " + describe()});
+    return;
+  }
+  state_ = State::securing;
+  tls_ = std::make_unique<TlsStream>(socket_, *engine_.tls(), endpoint_.host);
+  tls_->stream.async_handshake(asio::ssl::stream_base::client, [self = shared_from_this()](
+                                                                   const boost::system::error_code& ec) {
+    if (self->state_ == State::closed) return;
+    if (ec) {
+      self->fail({Errc::unavailable, "TLS handshake with " + self->describe() + " failed: " +
+                                         tls_failure(*self->tls_, ec, self->options_)});
+      return;
+    }
+    self->negotiated_.tls = true;
+    self->state_ = State::confirming_tls;
+    self->write();
+    self->read();
+  });
 }
 
 void Connection::arm_liveness() {
@@ -279,9 +355,12 @@ void Connection::send(std::string bytes) {
 }
 
 void Connection::write() {
-  if (write_in_progress_ || state_ == State::closed || state_ == State::connecting) return;
+  if (write_in_progress_ || state_ == State::closed || state_ == State::connecting || state_ == State::securing)
+    return;
   if (pending_.empty()) {
     if (shutdown_after_write_) {
+      // Over TLS too: the TCP half-close ends the session (nsqd reads it as the end of the
+      // stream); a TLS close_notify would need a read of its own while ours is pending.
       boost::system::error_code ignored;
       socket_.shutdown(tcp::socket::shutdown_send, ignored);
     }
@@ -290,20 +369,23 @@ void Connection::write() {
   writing_.swap(pending_);
   pending_.clear();
   write_in_progress_ = true;
-  asio::async_write(
-      socket_, asio::buffer(writing_), [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
-        self->write_in_progress_ = false;
-        if (self->state_ == State::closed) return;
-        if (ec) {
-          self->fail({Errc::unavailable, "writing to " + self->describe() + " failed (" + ec.message() + ")"});
-          return;
-        }
-        if (self->writing_.capacity() > (1u << 20))
-          std::string().swap(self->writing_);
-        else
-          self->writing_.clear();
-        self->write();
-      });
+  auto on_written = [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+    self->write_in_progress_ = false;
+    if (self->state_ == State::closed) return;
+    if (ec) {
+      self->fail({Errc::unavailable, "writing to " + self->describe() + " failed (" + ec.message() + ")"});
+      return;
+    }
+    if (self->writing_.capacity() > (1u << 20))
+      std::string().swap(self->writing_);
+    else
+      self->writing_.clear();
+    self->write();
+  };
+  if (tls_)
+    asio::async_write(tls_->stream, asio::buffer(writing_), std::move(on_written));
+  else
+    asio::async_write(socket_, asio::buffer(writing_), std::move(on_written));
 }
 
 void Connection::close_gracefully() {

@@ -35,6 +35,7 @@ std::string local_hostname() {
 Options Options::from_url(const Url& url) {
   Options o;
   o.masked_url = url.masked();
+  bool tls_given = false;
   for (const auto& hp : url.hosts()) {
     if (hp.host.empty()) continue;
     o.nsqd.push_back({hp.host, hp.port.value_or(4150)});
@@ -104,14 +105,33 @@ Options Options::from_url(const Url& url) {
       o.auth_secret = value;
     } else if (key == "client_id") {
       o.client_id = value;
+    } else if (key == "tls") {
+      o.tls = parse_bool(value, what);
+      tls_given = true;
+    } else if (key == "tls_insecure") {
+      o.tls_insecure = parse_bool(value, what);
+    } else if (key == "tls_ca" || key == "tls_cert" || key == "tls_key") {
+      if (value.empty()) throw Error(Errc::invalid_argument, what + " is empty; give a PEM file");
+      (key == "tls_ca" ? o.tls_ca : key == "tls_cert" ? o.tls_cert : o.tls_key) = value;
     } else {
       throw Error(Errc::invalid_argument,
                   "unknown nsq option '" + key + "' in " + url.masked() +
                       "; known: lookupd, http, lookupd_poll, max_in_flight, publish_timeout, msg_timeout, heartbeat, "
                       "max_attempts, connect_timeout, max_backoff, max_message_size, max_body_size, auth_secret, "
-                      "client_id");
+                      "client_id, tls, tls_ca, tls_cert, tls_key, tls_insecure");
     }
   }
+  // The other tls_ options ask for TLS too; a URL that turns it off and configures it is a
+  // mistake, not a request for plain text.
+  const bool tls_configured = o.tls_insecure || !o.tls_ca.empty() || !o.tls_cert.empty() || !o.tls_key.empty();
+  if (tls_configured && tls_given && !o.tls)
+    throw Error(Errc::invalid_argument, "nsq URL " + url.masked() + " sets tls=false and tls_ options; drop one");
+  if (tls_configured) o.tls = true;
+  if (o.tls_cert.empty() != o.tls_key.empty())
+    throw Error(Errc::invalid_argument, "nsq options tls_cert and tls_key go together (a client certificate and its key)");
+  if (o.tls_insecure && !o.tls_ca.empty())
+    throw Error(Errc::invalid_argument, "nsq options tls_insecure and tls_ca contradict each other: tls_insecure "
+                                        "skips the certificate check that tls_ca is for");
   if (o.nsqd.empty() && o.lookupd.empty())
     throw Error(Errc::bad_url, "bad broker URL '" + url.masked() +
                                    "': name an nsqd (nsq://host:4150) or an nsqlookupd (nsq://?lookupd=host:4161)");

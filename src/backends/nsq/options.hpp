@@ -34,6 +34,14 @@ struct Options {
   std::size_t max_body_size = 5'242'880;     // nsqd --max-body-size
   std::string auth_secret{};
   std::string client_id{};
+  // TLS (IDENTIFY tls_v1): asked for when `tls`; the server's certificate is checked
+  // against `tls_ca` (empty: the system's CAs) and the nsqd host name unless
+  // `tls_insecure`; `tls_cert` / `tls_key` are a client certificate, when nsqd wants one.
+  bool tls = false;
+  bool tls_insecure = false;
+  std::string tls_ca{};
+  std::string tls_cert{};
+  std::string tls_key{};
   std::string hostname{};
   std::string masked_url{};
 
