@@ -24,7 +24,11 @@
 //                         still be settled before they are abandoned (and redelivered by
 //                         the partitions' new owner)
 //   member_linger=5s      how long a group member outlives its last subscriber (see below)
-//   admin_timeout=10s     bound on topic creation and on the committed-offset lookup
+//   admin_timeout=10s     bound on topic creation, the committed-offset lookup and each
+//                         request of Broker::admin()
+//   groups=a,b            consumer groups Admin::stats() reports besides those this handle
+//                         subscribed and those the cluster lists (ListConsumerGroups, which
+//                         librdkafka's mock cluster does not answer)
 // Every other key is a librdkafka property (CONFIGURATION.md) given to both the producer
 // and the consumers; prefix it with `producer.` or `consumer.` to give it to one only. An
 // unknown property or a bad value is an Error(invalid_argument) from Broker::open, naming
@@ -79,6 +83,23 @@
 //   - Rebalance: revoked partitions stop being handed out; deliveries already out may be
 //     settled for revoke_grace; then what is safe is committed, the rest is abandoned and
 //     buffered messages of those partitions dropped: the new owner starts from the commit.
+//
+//   - Admin (Broker::admin()): stats() lists every topic of the cluster but internal ones
+//     ("__..."), with its retained messages (the sum over partitions of high - low
+//     watermark) and, per consumer group, the lag as `backlog` (the sum over partitions of
+//     high watermark - committed offset, counted from the low watermark where the group
+//     committed nothing or below it) and the deliveries of this handle not yet settled as
+//     `in_flight` (0 for groups of other processes). The groups: those this handle
+//     subscribed to the topic, and those named in groups= or listed by the cluster that
+//     have an offset committed on the topic. The lag moves with the group's commits
+//     (every commit_interval), not with each ack. peek() reads with a temporary consumer
+//     that assigns the partitions from their low watermark and commits nothing: up to
+//     `limit` messages of each partition, merged oldest first by timestamp (then
+//     partition, then offset), the first `limit` of them. purge() deletes every retained
+//     record with DeleteRecords and returns how many there were; committed offsets stay,
+//     and count from the new low watermark. A cluster without DeleteRecords (such as
+//     librdkafka's mock) makes purge() throw Error(unavailable) saying so; nothing is
+//     deleted then.
 //
 // Threads: each open Broker runs one producer poller thread ("ferry-kafka-dr": delivery
 // reports and publish callbacks run there) plus librdkafka's own threads; each group

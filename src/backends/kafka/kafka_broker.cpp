@@ -8,6 +8,7 @@
 
 #include "ferry/backends/kafka.hpp"
 #include "ferry/broker.hpp"
+#include "kafka_admin.hpp"
 #include "kafka_consumer.hpp"
 #include "kafka_producer.hpp"
 
@@ -48,6 +49,7 @@ class KafkaBroker : public Broker {
   explicit KafkaBroker(const Url& url) : url_(url), options_(Options::from_url(url)) {
     producer_ = std::make_shared<Producer>(options_);
     publisher_ = std::make_unique<KafkaPublisher>(producer_);
+    admin_ = std::make_unique<detail::KafkaAdmin>(producer_, [this] { return subscribed(); });
   }
   ~KafkaBroker() override { close(); }
 
@@ -122,6 +124,8 @@ class KafkaBroker : public Broker {
 
   Status ping() override { return producer_->ping(Ms{2000}); }
 
+  Admin* admin() override { return admin_.get(); }
+
   void close() override {
     std::map<std::pair<std::string, std::string>, std::shared_ptr<Member>> members;
     std::vector<std::shared_ptr<Member>> others;
@@ -148,6 +152,19 @@ class KafkaBroker : public Broker {
     if (closed_) throw closed_error();
   }
 
+  // The groups this handle consumes with (not the ephemeral ones: they have no Kafka group).
+  std::vector<detail::Subscribed> subscribed() {
+    std::vector<std::shared_ptr<Member>> members;
+    {
+      std::lock_guard lock(mutex_);
+      for (const auto& [_, m] : members_) members.push_back(m);
+    }
+    std::vector<detail::Subscribed> out;
+    for (const auto& m : members)
+      if (!m->leaving()) out.push_back({m->topic(), m->group(), m->in_flight()});
+    return out;
+  }
+
   // Forgets members that left the group (their linger ran out).
   void sweep() {
     for (auto it = members_.begin(); it != members_.end();) {
@@ -171,6 +188,7 @@ class KafkaBroker : public Broker {
   Options options_;
   std::shared_ptr<Producer> producer_;
   std::unique_ptr<KafkaPublisher> publisher_;
+  std::unique_ptr<detail::KafkaAdmin> admin_;
   std::mutex mutex_;
   bool closed_ = false;
   std::map<std::pair<std::string, std::string>, std::shared_ptr<Member>> members_;

@@ -225,6 +225,15 @@ bool Member::leaving() const {
   return stop_requested_ || closed_;
 }
 
+std::uint64_t Member::in_flight() const {
+  std::lock_guard lock(mutex_);
+  std::uint64_t n = 0;
+  for (const auto& [_, partition] : partitions_)
+    for (const auto& [o, entry] : partition.entries)
+      if (entry.state != Entry::State::ready) ++n;
+  return n;
+}
+
 int Member::capacity() const {
   if (subs_.empty()) return last_capacity_;
   long long total = 0;

@@ -84,6 +84,10 @@ class Member : public std::enable_shared_from_this<Member> {
   // Leaves the group now (commits, closes the consumer) and joins the poll thread.
   void close();
   bool leaving() const;
+  // Deliveries handed out (or being dead-lettered) and not yet settled.
+  std::uint64_t in_flight() const;
+  const std::string& topic() const noexcept { return topic_; }
+  const std::string& group() const noexcept { return group_; }
 
  private:
   friend class Subscription;

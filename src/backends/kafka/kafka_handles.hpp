@@ -42,6 +42,14 @@ struct NewTopicDeleter {
 struct AdminOptionsDeleter {
   void operator()(rd_kafka_AdminOptions_t* p) const noexcept { rd_kafka_AdminOptions_destroy(p); }
 };
+struct GroupOffsetsDeleter {
+  void operator()(rd_kafka_ListConsumerGroupOffsets_t* p) const noexcept {
+    rd_kafka_ListConsumerGroupOffsets_destroy(p);
+  }
+};
+struct DeleteRecordsDeleter {
+  void operator()(rd_kafka_DeleteRecords_t* p) const noexcept { rd_kafka_DeleteRecords_destroy(p); }
+};
 
 using HandlePtr = std::unique_ptr<rd_kafka_t, HandleDeleter>;
 using ConfPtr = std::unique_ptr<rd_kafka_conf_t, ConfDeleter>;
@@ -54,5 +62,7 @@ using TopicPtr = std::unique_ptr<rd_kafka_topic_t, TopicDeleter>;
 using MetadataPtr = std::unique_ptr<const rd_kafka_metadata_t, MetadataDeleter>;
 using NewTopicPtr = std::unique_ptr<rd_kafka_NewTopic_t, NewTopicDeleter>;
 using AdminOptionsPtr = std::unique_ptr<rd_kafka_AdminOptions_t, AdminOptionsDeleter>;
+using GroupOffsetsPtr = std::unique_ptr<rd_kafka_ListConsumerGroupOffsets_t, GroupOffsetsDeleter>;
+using DeleteRecordsPtr = std::unique_ptr<rd_kafka_DeleteRecords_t, DeleteRecordsDeleter>;
 
 }  // namespace ferry::kafka::detail

@@ -105,6 +105,16 @@ Options Options::from_url(const Url& url) {
       o.member_linger = parse_duration(value, "kafka option member_linger");
     } else if (key == "admin_timeout") {
       o.admin_timeout = parse_duration(value, "kafka option admin_timeout");
+    } else if (key == "groups") {
+      for (std::size_t start = 0; start <= value.size();) {
+        std::size_t end = std::min(value.find(',', start), value.size());
+        std::string group = value.substr(start, end - start);
+        if (group.empty())
+          throw Error(Errc::invalid_argument,
+                      "kafka option groups='" + value + "' has an empty group name; write groups=a,b");
+        o.groups.push_back(std::move(group));
+        start = end + 1;
+      }
     } else {
       Properties* target = &o.common;
       std::string name = key;

@@ -28,6 +28,7 @@ struct Options {
   Ms revoke_grace{2'000};
   Ms member_linger{5'000};
   Ms admin_timeout{10'000};
+  std::vector<std::string> groups;  // reported by Admin::stats() besides the subscribed and listed ones
 
   using Properties = std::vector<std::pair<std::string, std::string>>;
   Properties common;    // both clients
