@@ -57,7 +57,10 @@ class KafkaInterop : public ::testing::Test {
  protected:
   void SetUp() override {
     python_ = python_with_kafka();
-    if (python_.empty()) GTEST_SKIP() << "python3 with kafka-python (Debian: python3-kafka) is not installed";
+    // Not a skip: a missing peer would hide an interoperability break.
+    ASSERT_FALSE(python_.empty())
+        << "these tests need python3 with kafka-python, which is not installed: run scripts/deps.sh test (Debian: "
+           "apt-get install python3-kafka)";
     register_scheme();
   }
   std::string python_;

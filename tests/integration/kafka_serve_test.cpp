@@ -1,12 +1,14 @@
 // `ferry serve --broker kafka://...` end to end, against the mock cluster that
 // `ferry dev kafka` runs in another process: POST /orders, then GET /orders/{id} until the
-// processor has handled it; SIGTERM stops both processes cleanly.
+// processor has handled it; /metrics shows the topic's retained messages and the
+// processor group's lag read from Kafka; SIGTERM stops both processes cleanly.
 #include <gtest/gtest.h>
 #include <signal.h>
 
 #include <thread>
 
 #include "e2e_support.hpp"
+#include "prometheus_text.hpp"
 
 namespace ferry::e2e {
 namespace {
@@ -43,6 +45,31 @@ TEST(KafkaServe, OrdersAreAcceptedAndProcessedThroughKafka) {
     if (!left.empty()) std::this_thread::sleep_for(100ms);
   }
   EXPECT_TRUE(left.empty()) << left.size() << " orders were never processed\n" << serve.log();
+
+  // The backlog gauges come from Kafka's watermarks and the group's committed offsets:
+  // 10 retained, and no lag once the processor's commit (every commit_interval) is in.
+  const std::map<std::string, std::string> topic_labels{{"backend", "kafka"}, {"topic", "orders"}};
+  std::map<std::string, std::string> group_labels = topic_labels;
+  group_labels["group"] = "order-processor";
+  double retained = -1, backlog = -1;
+  std::string body;
+  const auto metrics_deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < metrics_deadline) {
+    auto r = client.get("/metrics");
+    ASSERT_EQ(r.status, 200);
+    body = r.body;
+    auto parsed = ferry::testing::parse_prometheus(body);
+    try {
+      retained = parsed.value("ferry_topic_messages", topic_labels);
+      backlog = parsed.value("ferry_backlog", group_labels);
+    } catch (const std::exception&) {
+      // not reported yet
+    }
+    if (retained == 10 && backlog == 0) break;
+    std::this_thread::sleep_for(200ms);
+  }
+  EXPECT_EQ(retained, 10) << body;
+  EXPECT_EQ(backlog, 0) << body;
 
   serve.signal(SIGTERM);
   EXPECT_EQ(serve.wait_exit(30s), 0) << serve.log();
