@@ -4,7 +4,7 @@
 
 add_library(ferry_rabbitmq_fixture STATIC ${CMAKE_CURRENT_LIST_DIR}/rabbitmq_fixture.cpp)
 target_include_directories(ferry_rabbitmq_fixture PUBLIC ${CMAKE_CURRENT_LIST_DIR})
-target_link_libraries(ferry_rabbitmq_fixture PUBLIC GTest::gtest PRIVATE ferry_warnings)
+target_link_libraries(ferry_rabbitmq_fixture PUBLIC GTest::gtest PRIVATE ferry_test_certificates ferry_warnings)
 
 # The conformance suite on amqp://: the shared cases plus tests/conformance/amqp_test.cpp
 # (which tests/CMakeLists.txt keeps out of ferry_conformance_tests).

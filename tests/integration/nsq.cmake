@@ -8,11 +8,12 @@ target_link_libraries(ferry_unit_tests PRIVATE ferry_nsq)
 target_include_directories(ferry_unit_tests PRIVATE ${PROJECT_SOURCE_DIR}/src/backends/nsq)
 
 # The client and the peer at the protocol level (no ferry binary needed).
-add_executable(ferry_nsq_integration_tests nsq_client_test.cpp nsq_peer_test.cpp)
+# nsq_tls_test.cpp: TLS (IDENTIFY tls_v1) with certificates made by openssl at test time.
+add_executable(ferry_nsq_integration_tests nsq_client_test.cpp nsq_peer_test.cpp nsq_tls_test.cpp)
 target_include_directories(ferry_nsq_integration_tests PRIVATE ${PROJECT_SOURCE_DIR}/src/backends/nsq)
 target_compile_definitions(ferry_nsq_integration_tests PRIVATE BOOST_ASIO_NO_DEPRECATED)
-target_link_libraries(ferry_nsq_integration_tests PRIVATE ferry_nsq ferry_nsq_peer ferry_core GTest::gtest_main
-                      Boost::json ferry_warnings)
+target_link_libraries(ferry_nsq_integration_tests PRIVATE ferry_nsq ferry_nsq_peer ferry_core ferry_test_certificates
+                      GTest::gtest_main Boost::json ferry_warnings)
 gtest_discover_tests(ferry_nsq_integration_tests DISCOVERY_TIMEOUT 60 PROPERTIES LABELS integration TIMEOUT 120)
 
 # `ferry serve` / `ferry consume --broker nsq://...` as processes against a peer in the test.

@@ -20,6 +20,8 @@
 #include <thread>
 #include <vector>
 
+#include "test_certificates.hpp"
+
 namespace ferry::testing {
 namespace {
 
@@ -108,23 +110,6 @@ int spawn(Exec& exec, const fs::path& log, const fs::path& cwd, bool drop, unsig
   return pid;
 }
 
-// Runs a command to completion; throws with its output if it fails.
-void run(const std::vector<std::string>& args, const fs::path& cwd) {
-  Exec exec;
-  exec.args = args;
-  exec.env = {"PATH=/usr/bin:/bin:/usr/sbin:/sbin"};
-  fs::path log = cwd / "command.log";
-  fs::remove(log);
-  int pid = spawn(exec, log, cwd, false, 0, 0);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    std::string line;
-    for (const auto& a : args) line += a + " ";
-    throw std::runtime_error("command failed: " + line + "\n" + read_file(log, 2000));
-  }
-}
-
 // Waits for `pid` to exit, up to `limit`; true if it did.
 bool reap(int pid, std::chrono::milliseconds limit) {
   auto deadline = SteadyClock::now() + limit;
@@ -198,18 +183,7 @@ RabbitMq::~RabbitMq() {
 }
 
 void RabbitMq::make_certificates() {
-  const fs::path d = dir_;
-  const std::string curve = "ec_paramgen_curve:prime256v1";
-  run({"/usr/bin/openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", curve, "-nodes", "-keyout", "ca.key", "-out",
-       "ca.pem", "-days", "2", "-subj", "/CN=ferry test CA"},
-      d);
-  run({"/usr/bin/openssl", "req", "-newkey", "ec", "-pkeyopt", curve, "-nodes", "-keyout", "server.key", "-out",
-       "server.csr", "-subj", "/CN=localhost"},
-      d);
-  write_file(d / "server.ext", "subjectAltName = DNS:localhost, IP:127.0.0.1\n");
-  run({"/usr/bin/openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-       "-out", "server.pem", "-days", "2", "-extfile", "server.ext"},
-      d);
+  make_test_certificates(dir_);
 }
 
 void RabbitMq::start_epmd() {

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/json.hpp>
 #include <deque>
 #include <functional>
@@ -248,7 +249,9 @@ class Peer::Impl {
   std::uint64_t accepted = 0;
   std::uint64_t heartbeat_disconnects = 0;
   std::uint64_t over_rdy = 0;
+  std::uint64_t tls_connections = 0;
   bool hung = false;  // set_silent()
+  std::unique_ptr<asio::ssl::context> tls;  // when options.tls_cert is set
 
   mutable std::mutex names_mutex;  // topic_names, read by other threads
   std::set<std::string> topic_names;
@@ -272,7 +275,17 @@ class Client : public std::enable_shared_from_this<Client> {
   }
 
   bool ready_for_messages() const {
-    return !closed && !closing_after_write && state == State::subscribed && in_flight < rdy;
+    return !closed && !closing_after_write && !upgrading() && state == State::subscribed && in_flight < rdy;
+  }
+
+  bool secure() const { return tls_ != nullptr && !handshaking_; }
+  bool upgrading() const { return tls_pending_ || handshaking_; }
+
+  // After the IDENTIFY answer now queued is written: the server side of the TLS handshake,
+  // then OK over TLS (nsqd's order). Nothing is read or written in between.
+  void upgrade_to_tls() {
+    tls_pending_ = true;
+    if (!writing_now) start_tls();
   }
 
   void send_response(std::string_view data) { send(nsq::encode_frame(FrameType::response, data)); }
@@ -295,6 +308,7 @@ class Client : public std::enable_shared_from_this<Client> {
   void close() {
     if (closed) return;
     closed = true;
+    tls_pending_ = false;
     boost::system::error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_both, ignored);
     socket_.close(ignored);
@@ -316,48 +330,73 @@ class Client : public std::enable_shared_from_this<Client> {
 
  private:
   void read() {
-    socket_.async_read_some(asio::buffer(buffer_),
-                            [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
-                              if (self->closed) return;
-                              if (ec) {
-                                self->peer_.remove_client(self);
-                                return;
-                              }
-                              self->last_read = SteadyClock::now();
-                              self->reader_.feed(std::string_view(self->buffer_.data(), n));
-                              while (!self->closing_after_write && !self->closed) {
-                                auto command = self->reader_.next();
-                                if (!command) break;
-                                self->peer_.on_command(*self, *command);
-                              }
-                              if (self->closed) return;
-                              if (self->reader_.failed()) {
-                                self->send_error(self->reader_.error(), true);
-                                return;
-                              }
-                              if (!self->closing_after_write) self->read();
-                            });
+    auto on_read = [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
+      if (self->closed) return;
+      if (ec) {
+        self->peer_.remove_client(self);
+        return;
+      }
+      self->last_read = SteadyClock::now();
+      self->reader_.feed(std::string_view(self->buffer_.data(), n));
+      while (!self->closing_after_write && !self->closed && !self->upgrading()) {
+        auto command = self->reader_.next();
+        if (!command) break;
+        self->peer_.on_command(*self, *command);
+      }
+      if (self->closed) return;
+      if (self->reader_.failed()) {
+        self->send_error(self->reader_.error(), true);
+        return;
+      }
+      if (!self->closing_after_write && !self->upgrading()) self->read();
+    };
+    if (tls_)
+      tls_->async_read_some(asio::buffer(buffer_), std::move(on_read));
+    else
+      socket_.async_read_some(asio::buffer(buffer_), std::move(on_read));
   }
 
   void write() {
-    if (writing_now || out.empty() || closed) return;
+    if (writing_now || out.empty() || closed || upgrading()) return;
     writing_.swap(out);
     out.clear();
     writing_now = true;
-    asio::async_write(socket_, asio::buffer(writing_),
-                      [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
-                        self->writing_now = false;
-                        self->writing_.clear();
-                        if (self->closed) return;
-                        if (ec) {
-                          self->peer_.remove_client(self);
-                          return;
-                        }
-                        if (!self->out.empty())
-                          self->write();
-                        else if (self->closing_after_write)
-                          self->finish();
-                      });
+    auto on_written = [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+      self->writing_now = false;
+      self->writing_.clear();
+      if (self->closed) return;
+      if (ec) {
+        self->peer_.remove_client(self);
+        return;
+      }
+      if (self->tls_pending_)
+        self->start_tls();
+      else if (!self->out.empty())
+        self->write();
+      else if (self->closing_after_write)
+        self->finish();
+    };
+    if (tls_)
+      asio::async_write(*tls_, asio::buffer(writing_), std::move(on_written));
+    else
+      asio::async_write(socket_, asio::buffer(writing_), std::move(on_written));
+  }
+
+  void start_tls() {
+    tls_pending_ = false;
+    handshaking_ = true;
+    tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(socket_, *peer_.tls);
+    tls_->async_handshake(asio::ssl::stream_base::server, [self = shared_from_this()](boost::system::error_code ec) {
+      self->handshaking_ = false;
+      if (self->closed) return;
+      if (ec) {  // a client that does not trust the certificate, or has none when one is wanted
+        self->peer_.remove_client(self);
+        return;
+      }
+      ++self->peer_.tls_connections;
+      self->send_response(nsq::kOk);
+      self->read();
+    });
   }
 
   void finish() {
@@ -367,6 +406,9 @@ class Client : public std::enable_shared_from_this<Client> {
 
   Peer::Impl& peer_;
   tcp::socket socket_;
+  std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;  // over socket_, once upgraded
+  bool tls_pending_ = false;
+  bool handshaking_ = false;
   nsq::CommandReader reader_;
   std::array<char, 65536> buffer_{};
   std::string out;
@@ -376,6 +418,18 @@ class Client : public std::enable_shared_from_this<Client> {
 
 void Peer::Impl::startup() {
   if (serving) return;
+  if (!options.tls_cert.empty() && !tls) {
+    auto context = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_server);
+    context->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                         asio::ssl::context::no_sslv3);
+    context->use_certificate_chain_file(options.tls_cert);
+    context->use_private_key_file(options.tls_key, asio::ssl::context::pem);
+    if (!options.tls_client_ca.empty()) {
+      context->load_verify_file(options.tls_client_ca);
+      context->set_verify_mode(asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert);
+    }
+    tls = std::move(context);
+  }
   tcp::endpoint endpoint(asio::ip::make_address(options.host), static_cast<unsigned short>(options.port));
   acceptor = std::make_unique<tcp::acceptor>(io);
   acceptor->open(endpoint.protocol());
@@ -630,6 +684,9 @@ void Peer::Impl::on_command(Client& client, Command& command) {
     return {c->second.get(), &f->second};
   };
 
+  if (name != "IDENTIFY" && options.tls_required && !client.secure())
+    return fatal("E_INVALID cannot " + name + " in current state (TLS required)");
+
   if (name == "NOP") return;
 
   if (name == "IDENTIFY") {
@@ -671,11 +728,13 @@ void Peer::Impl::on_command(Client& client, Command& command) {
     client.identified = true;
     auto* negotiation = o.if_contains("feature_negotiation");
     if (!negotiation || !negotiation->is_bool() || !negotiation->as_bool()) return client.send_response(nsq::kOk);
+    auto* tls_v1 = o.if_contains("tls_v1");
+    const bool upgrade = tls && tls_v1 && tls_v1->is_bool() && tls_v1->as_bool();
     json::object answer{{"max_rdy_count", options.max_rdy_count},
                         {"version", kVersion},
                         {"max_msg_timeout", options.max_msg_timeout.count()},
                         {"msg_timeout", client.msg_timeout.count()},
-                        {"tls_v1", false},
+                        {"tls_v1", upgrade},
                         {"deflate", false},
                         {"deflate_level", 0},
                         {"max_deflate_level", 6},
@@ -684,7 +743,9 @@ void Peer::Impl::on_command(Client& client, Command& command) {
                         {"auth_required", !options.auth_secret.empty()},
                         {"output_buffer_size", 16384},
                         {"output_buffer_timeout", 250}};
-    return client.send_response(json::serialize(answer));
+    client.send_response(json::serialize(answer));
+    if (upgrade) client.upgrade_to_tls();
+    return;
   }
 
   if (name == "AUTH") {
@@ -811,6 +872,7 @@ PeerStats Peer::Impl::collect() const {
   out.connections_accepted = accepted;
   out.heartbeat_disconnects = heartbeat_disconnects;
   out.max_in_flight_seen_over_rdy = over_rdy;
+  out.tls_connections = tls_connections;
   for (const auto& [tname, topic] : topics_by_name) {
     TopicStats t;
     t.name = tname;

@@ -2,12 +2,18 @@
 // A protocol-level NSQ test peer: a small nsqd-compatible TCP server (and an optional
 // nsqlookupd-like HTTP endpoint), written from the NSQ TCP protocol specification and the
 // nsqd / nsqlookupd HTTP API docs, for ferry's tests and `ferry dev nsq`. It is not nsqd:
-// everything is in memory, one process, no disk queue, no TLS, no compression.
+// everything is in memory, one process, no disk queue, no compression.
 //
 // What it does as nsqd does (nsqd 1.2/1.3 behaviour where the spec is silent):
 //   - magic "  V2"; IDENTIFY (JSON; feature negotiation answers with JSON; heartbeat_interval
 //     -1 or 1000..max, msg_timeout 1000..max_msg_timeout, else E_BAD_BODY); AUTH when an
 //     auth secret is configured (E_AUTH_FIRST before it, E_UNAUTHORIZED for a wrong one)
+//   - TLS with a certificate (nsqd's --tls-cert / --tls-key): IDENTIFY with tls_v1 and
+//     feature negotiation is answered "tls_v1": true, then the server side of the TLS
+//     handshake, then OK over TLS; tls_required (--tls-required) refuses every command but
+//     IDENTIFY on a plain connection with a fatal "E_INVALID cannot X in current state (TLS
+//     required)"; tls_client_ca (--tls-client-auth-policy=require-verify with
+//     --tls-root-ca-file) wants a client certificate signed by that CA
 //   - topics and channels created on first use; names [.a-zA-Z0-9_-]{1,64} with an
 //     optional "#ephemeral" suffix; an ephemeral channel is deleted with its last client
 //   - PUB / MPUB (atomic) / DPUB answered OK; each message is copied to every channel the
@@ -53,6 +59,10 @@ struct PeerOptions {
   std::size_t max_body_size = 5'242'880;
   int max_rdy_count = 2500;
   std::string auth_secret{};  // non-empty: clients must AUTH with it
+  std::string tls_cert{};     // PEM certificate chain and key: TLS offered to clients that ask
+  std::string tls_key{};
+  bool tls_required = false;  // plain connections may only IDENTIFY
+  std::string tls_client_ca{};  // non-empty: clients must present a certificate it signed
 };
 
 // What the peer holds for one channel, for tests.
@@ -81,6 +91,7 @@ struct PeerStats {
   std::uint64_t connections_accepted = 0;
   std::uint64_t heartbeat_disconnects = 0;
   std::uint64_t max_in_flight_seen_over_rdy = 0;  // must stay 0: in-flight > RDY never sent
+  std::uint64_t tls_connections = 0;              // connections upgraded to TLS
 };
 
 class Peer {
@@ -90,7 +101,8 @@ class Peer {
   Peer(const Peer&) = delete;
   Peer& operator=(const Peer&) = delete;
 
-  // Binds and serves. Throws std::runtime_error if the port cannot be bound.
+  // Binds and serves. Throws std::runtime_error if the port cannot be bound or the TLS
+  // files cannot be loaded.
   void start();
   // Closes every connection and forgets every topic, channel and message (an in-memory
   // nsqd that restarts). start() again serves on the same ports.

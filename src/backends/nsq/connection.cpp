@@ -172,6 +172,12 @@ void Connection::read() {
     if (ec) {
       if (self->state_ == State::draining)
         self->close({});
+      else if (self->state_ == State::confirming_tls)  // TLS 1.3: nsqd checks a client certificate now
+        self->fail({Errc::unavailable,
+                    self->describe() + " ended the TLS connection before its OK (" + ec.message() + ")" +
+                        (self->options_.tls_cert.empty()
+                             ? "; if nsqd wants a client certificate, give it as tls_cert= and tls_key="
+                             : "")});
       else
         self->fail({Errc::unavailable, "connection to " + self->describe() + " lost (" + ec.message() + ")"});
       return;

@@ -33,11 +33,9 @@ TlsContext::TlsContext(const Options& options) : context_(ssl::context::tls_clie
   }
   if (!options.tls_cert.empty()) {
     load("tls_cert", options.tls_cert, [&](auto& ec) { context_.use_certificate_chain_file(options.tls_cert, ec); });
+    // (OpenSSL also checks here that the key is the certificate's.)
     load("tls_key", options.tls_key,
          [&](auto& ec) { context_.use_private_key_file(options.tls_key, ssl::context::pem, ec); });
-    if (SSL_CTX_check_private_key(context_.native_handle()) != 1)
-      throw Error(Errc::invalid_argument,
-                  "nsq options tls_cert and tls_key: '" + options.tls_key + "' is not the key of '" + options.tls_cert + "'");
   }
 }
 
