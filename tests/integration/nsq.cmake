@@ -3,7 +3,7 @@
 # The nsq:// conformance entry (tests/conformance/nsq_test.cpp) and the wire codec's unit
 # test (tests/unit/nsq_frame_test.cpp) are globbed into the suites of tests/CMakeLists.txt;
 # they need ferry_nsq, the peer and the codec's private header.
-target_link_libraries(ferry_conformance_tests PRIVATE ferry_nsq ferry_nsq_peer)
+target_link_libraries(ferry_conformance_tests PRIVATE ferry_nsq ferry_nsq_peer ferry_test_certificates)
 target_link_libraries(ferry_unit_tests PRIVATE ferry_nsq)
 target_include_directories(ferry_unit_tests PRIVATE ${PROJECT_SOURCE_DIR}/src/backends/nsq)
 

@@ -125,6 +125,16 @@ TEST_F(NsqTls, PublishesAndConsumesOverTlsWithTheCaVerified) {
   broker->close();
 }
 
+TEST_F(NsqTls, AuthenticatesOverTlsAfterNsqdsOk) {
+  PeerOptions o = tls_peer(/*required=*/true);  // AUTH in plain text would be refused
+  o.auth_secret = "s3cret";
+  Peer peer(o);
+  peer.start();
+  auto broker = Broker::open(peer.url() + "?tls=true&auth_secret=s3cret&tls_ca=" + ca());
+  EXPECT_TRUE(broker->publisher().publish_future(unique("auth"), Message::with_payload("x")).get().ok());
+  EXPECT_EQ(peer.stats().tls_connections, 1u);
+}
+
 TEST_F(NsqTls, AWrongCaFailsWithAClearError) {
   Peer peer(tls_peer());
   peer.start();

@@ -7,6 +7,7 @@
 //   nsq://n1:4150?lookupd=l1:4161,l2:4161      publish to n1; consume from every nsqd that
 //                                              nsqlookupd lists for the topic
 //   nsq://?lookupd=l1:4161                     also publish through nsqlookupd's /nodes
+//   nsq://n1:4150?tls=true&tls_ca=/etc/nsq/ca.pem   TLS, nsqd's certificate checked (below)
 //
 // Query options (all optional; an unknown key is an Error(invalid_argument) from open):
 //   lookupd=host:4161[,host:4161]  nsqlookupd HTTP addresses; subscribers then discover
@@ -42,6 +43,35 @@
 //   auth_secret=...       sent with AUTH when nsqd's IDENTIFY answer says auth_required
 //                         (masked in logs and errors)
 //   client_id=            IDENTIFY client_id (default: the short host name)
+//   tls=false             ask nsqd for TLS (IDENTIFY tls_v1) on every connection, publishing
+//                         and consuming; see TLS below. Implied by the other tls_ options
+//   tls_ca=FILE           PEM CA certificate(s) that nsqd's certificate must chain to
+//                         (default: the system's CAs)
+//   tls_cert=FILE, tls_key=FILE  a client certificate and its key (PEM), for an nsqd run
+//                         with --tls-client-auth-policy
+//   tls_insecure=false    skip checking nsqd's certificate (name and chain): for tests and
+//                         development only; anyone on the path can then read the traffic
+//
+// TLS: with tls=true ferry sends "tls_v1": true in IDENTIFY; when nsqd (started with
+// --tls-cert and --tls-key) answers "tls_v1": true, the connection does the TLS handshake
+// at once (TLS 1.2 at least, OpenSSL) and reads nsqd's OK over TLS, as the NSQ TCP spec
+// says; AUTH, if nsqd asks, follows over TLS. nsqd's certificate must chain to tls_ca and
+// name the host ferry connected to (the URL's host, or the broadcast_address nsqlookupd
+// lists): a host name by DNS name, an IP address by IP address. What fails says why and
+// what to do:
+//   - nsqd answers "tls_v1": false (no certificate configured): Error(unavailable) "does not
+//     offer TLS"; ferry never falls back to plain text when the URL asked for TLS.
+//   - the certificate is not accepted (unknown CA, wrong name, expired): Error(unavailable)
+//     "TLS handshake with nsqd H:P failed: its certificate was not accepted (...)".
+//   - nsqd runs with --tls-required and the URL has no tls=true: nsqd accepts IDENTIFY and
+//     then refuses every command, fatally; the publish or subscribe fails with nsqd's
+//     E_INVALID "... (TLS required)" followed by "add tls=true to the nsq:// URL".
+//   - nsqd wants a client certificate and there is none: the connection ends before nsqd's
+//     OK, and the error says to give tls_cert= and tls_key=.
+// The option values are files read once, at Broker::open (a missing or unreadable one is
+// an Error(invalid_argument) naming the option). Closing a TLS connection half-closes TCP
+// without a TLS close_notify (nsqd reads it as the end of the stream). The HTTP requests
+// to nsqlookupd and nsqd's HTTP port (Admin) stay plain HTTP.
 //
 // Mapping: topic = NSQ topic; group = NSQ channel (an ephemeral group is the channel
 // "<group>#ephemeral", which nsqd deletes with its last consumer). NSQ names are at most
@@ -113,9 +143,9 @@
 // purge() POSTs /topic/empty and /channel/empty for each channel; peek() throws
 // Error(invalid_argument): NSQ cannot show messages without consuming them.
 //
-// Not supported: TLS (tls_v1; ferry refuses an nsqd that demands it), snappy and deflate
-// compression (never requested), sample_rate, nsqd's HTTP publishing API, peek (so `ferry
-// dlq list`), nsqlookupd's TCP protocol.
+// Not supported: snappy and deflate compression (never requested), sample_rate, nsqd's
+// HTTP publishing API, HTTPS to nsqlookupd and nsqd's HTTP port, peek (so `ferry dlq
+// list`), nsqlookupd's TCP protocol.
 
 #include <chrono>
 #include <string>
