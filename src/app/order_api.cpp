@@ -106,6 +106,9 @@ class OrderApi::Impl : public std::enable_shared_from_this<Impl> {
     std::string_view target = request.target;
     std::string_view path = target.substr(0, target.find('?'));
     const std::string& method = request.method;
+    // The framework examples' route form (/<framework>/orders/<backend>), for this server.
+    constexpr std::string_view framework = "/beast";
+    if (path.starts_with("/beast/orders/")) path.remove_prefix(framework.size());
 
     if (path == "/healthz") {
       if (method != "GET") return respond(method_not_allowed("GET"));

@@ -170,6 +170,8 @@ std::string route_of(const HttpRequest& request) {
   std::string_view path = std::string_view(request.target).substr(0, request.target.find('?'));
   if (path == "/orders" || path == "/healthz" || path == "/readyz" || path == "/metrics") return std::string(path);
   if (path.starts_with("/orders/")) return request.method == "GET" ? "/orders/{id}" : "/orders/{backend}";
+  if (path.starts_with("/beast/orders/"))
+    return request.method == "GET" ? "/beast/orders/{id}" : "/beast/orders/{backend}";
   return "other";
 }
 

@@ -6,8 +6,8 @@ usage: check_compose.py COMPOSE_FILE DOCKERFILE
 The compose file must parse (duplicate keys are errors), keep the seed tutorial's ports,
 run Kafka in KRaft mode without ZooKeeper, RabbitMQ with its management plugin and the
 three NSQ daemons, and point every ferry --broker URL at the service that runs that
-broker. Exits 0 when it does, 1 with the list of problems when not, 77 (skipped) when
-PyYAML is missing.
+broker. Exits 0 when it does, 1 with the list of problems when not (or when PyYAML is
+missing: scripts/deps.sh test installs it).
 """
 import re
 import sys
@@ -16,8 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 try:
     import yaml
 except ImportError:
-    print("python3-yaml is not installed (apt-get install python3-yaml): skipped")
-    sys.exit(77)
+    print("python3-yaml is not installed: run scripts/deps.sh test (or apt-get install python3-yaml)")
+    sys.exit(1)
 
 # The seed's "how to run" section: host port -> container port, per service.
 SEED_PORTS = {
