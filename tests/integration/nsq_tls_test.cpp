@@ -144,6 +144,7 @@ TEST_F(NsqTls, AWrongCaFailsWithAClearError) {
   EXPECT_TRUE(contains(what, "TLS handshake with nsqd 127.0.0.1:")) << what;
   EXPECT_TRUE(contains(what, "certificate was not accepted")) << what;
   EXPECT_TRUE(contains(what, "is tls_ca=" + other_->ca().string() + " the CA that signed it?")) << what;
+  EXPECT_FALSE(contains(what, "is nsqd running?")) << "nsqd was reached: " << what;
   EXPECT_EQ(peer.stats().tls_connections, 0u);
 }
 

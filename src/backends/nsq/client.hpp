@@ -116,6 +116,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void close(const Status& reason);
 
   bool ready() const noexcept { return state_ == State::ready; }
+  // Whether TCP reached nsqd (a failure after that is not "nsqd is down").
+  bool reached() const noexcept { return reached_; }
   const Endpoint& endpoint() const noexcept { return endpoint_; }
   const Negotiated& negotiated() const noexcept { return negotiated_; }
   std::string describe() const;  // "nsqd 127.0.0.1:4150"
@@ -152,6 +154,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::string writing_;
   bool write_in_progress_ = false;
   bool shutdown_after_write_ = false;
+  bool reached_ = false;
   State state_ = State::connecting;
   SteadyClock::time_point last_read_{};
   Negotiated negotiated_;

@@ -147,6 +147,7 @@ void Connection::on_connected() {
   const int fd = socket_.native_handle();
   ::fcntl(fd, F_SETFD, ::fcntl(fd, F_GETFD) | FD_CLOEXEC);
   socket_.set_option(tcp::no_delay(true), ignored);
+  reached_ = true;
   state_ = State::identifying;
   json::object identify;
   identify["client_id"] = options_.client_id;

@@ -240,8 +240,8 @@ void Producer::on_ready(const std::shared_ptr<Connection>& conn, const Status& s
     return;
   }
   connecting_ = false;
-  Status failure{Errc::unavailable,
-                 "cannot publish to " + options_.masked_url + ": " + s.message + "; is nsqd running?"};
+  Status failure{Errc::unavailable, "cannot publish to " + options_.masked_url + ": " + s.message +
+                                        (conn && conn->reached() ? "" : "; is nsqd running?")};
   fail_queued(failure);
   auto waiters = std::move(connect_waiters_);
   connect_waiters_.clear();
