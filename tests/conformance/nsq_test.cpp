@@ -79,8 +79,8 @@ ferry::nsq_peer::Peer& tls_peer() {
 }
 
 std::string make_nsq_tls_url() {
-  return tls_peer().url() + "?max_message_size=4194304&max_body_size=8388608&tls=true&tls_ca=" +
-         certificates().ca().string();
+  return tls_peer().url() +
+         "?max_message_size=4194304&max_body_size=8388608&tls=true&tls_ca=" + certificates().ca().string();
 }
 
 }  // namespace

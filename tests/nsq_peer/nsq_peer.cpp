@@ -250,7 +250,7 @@ class Peer::Impl {
   std::uint64_t heartbeat_disconnects = 0;
   std::uint64_t over_rdy = 0;
   std::uint64_t tls_connections = 0;
-  bool hung = false;  // set_silent()
+  bool hung = false;                        // set_silent()
   std::unique_ptr<asio::ssl::context> tls;  // when options.tls_cert is set
 
   mutable std::mutex names_mutex;  // topic_names, read by other threads

@@ -61,7 +61,7 @@ struct PeerOptions {
   std::string auth_secret{};  // non-empty: clients must AUTH with it
   std::string tls_cert{};     // PEM certificate chain and key: TLS offered to clients that ask
   std::string tls_key{};
-  bool tls_required = false;  // plain connections may only IDENTIFY
+  bool tls_required = false;    // plain connections may only IDENTIFY
   std::string tls_client_ca{};  // non-empty: clients must present a certificate it signed
 };
 

@@ -46,8 +46,8 @@ TestCertificates make_test_certificates(const fs::path& dir, const std::string& 
   const std::string curve = "ec_paramgen_curve:prime256v1";
   const fs::path log = dir / "openssl.log";
   auto path = [&](const char* name) { return (dir / name).string(); };
-  run_command({openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", curve, "-nodes", "-keyout", path("ca.key"),
-               "-out", certs.ca().string(), "-days", "2", "-subj", "/CN=" + ca_name},
+  run_command({openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", curve, "-nodes", "-keyout", path("ca.key"), "-out",
+               certs.ca().string(), "-days", "2", "-subj", "/CN=" + ca_name},
               log);
   {
     std::ofstream ext(dir / "server.ext", std::ios::trunc);
@@ -61,9 +61,9 @@ TestCertificates make_test_certificates(const fs::path& dir, const std::string& 
     const std::string subject = name == "server" ? "/CN=localhost" : "/CN=ferry test client";
     const std::string key = (dir / (name + ".key")).string();
     const std::string csr = (dir / (name + ".csr")).string();
-    run_command({openssl, "req", "-newkey", "ec", "-pkeyopt", curve, "-nodes", "-keyout", key, "-out", csr, "-subj",
-                 subject},
-                log);
+    run_command(
+        {openssl, "req", "-newkey", "ec", "-pkeyopt", curve, "-nodes", "-keyout", key, "-out", csr, "-subj", subject},
+        log);
     run_command({openssl, "x509", "-req", "-in", csr, "-CA", certs.ca().string(), "-CAkey", path("ca.key"),
                  "-set_serial", std::to_string(++serial), "-out", (dir / (name + ".pem")).string(), "-days", "2",
                  "-extfile", (dir / (name + ".ext")).string()},

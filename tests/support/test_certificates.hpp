@@ -23,8 +23,7 @@ struct TestCertificates {
 // Makes ca.pem (and ca.key), server.pem / server.key and client.pem / client.key in `dir`,
 // which must exist; `ca_name` is the CA's common name. Throws std::runtime_error with
 // openssl's output when a step fails.
-TestCertificates make_test_certificates(const std::filesystem::path& dir,
-                                        const std::string& ca_name = "ferry test CA");
+TestCertificates make_test_certificates(const std::filesystem::path& dir, const std::string& ca_name = "ferry test CA");
 
 // Runs `args` (args[0] an absolute path) to completion; throws std::runtime_error with its
 // output (kept in `log`) when it fails.

@@ -90,9 +90,9 @@ struct Negotiated {
 // One TCP connection to one nsqd: the magic, IDENTIFY (then, with tls=true, the TLS
 // handshake nsqd's answer calls for and nsqd's OK over TLS; and AUTH when nsqd asks), then
 // frames in and commands out. Plain or TLS is decided once per connection: reads and
-// writes pick the socket or the TLS stream per call, not per byte. Heartbeats are answered here with NOP and never reach the
-// handlers; a connection from which nothing arrives for two heartbeat intervals is
-// closed as dead. All of it on the io thread.
+// writes pick the socket or the TLS stream per call, not per byte. Heartbeats are
+// answered here with NOP and never reach the handlers; a connection from which nothing
+// arrives for two heartbeat intervals is closed as dead. All of it on the io thread.
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
   using ReadyHandler = std::function<void(const Status&)>;

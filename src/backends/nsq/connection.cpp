@@ -174,11 +174,11 @@ void Connection::read() {
       if (self->state_ == State::draining)
         self->close({});
       else if (self->state_ == State::confirming_tls)  // TLS 1.3: nsqd checks a client certificate now
-        self->fail({Errc::unavailable,
-                    self->describe() + " ended the TLS connection before its OK (" + ec.message() + ")" +
-                        (self->options_.tls_cert.empty()
-                             ? "; if nsqd wants a client certificate, give it as tls_cert= and tls_key="
-                             : "")});
+        self->fail(
+            {Errc::unavailable, self->describe() + " ended the TLS connection before its OK (" + ec.message() + ")" +
+                                    (self->options_.tls_cert.empty()
+                                         ? "; if nsqd wants a client certificate, give it as tls_cert= and tls_key="
+                                         : "")});
       else
         self->fail({Errc::unavailable, "connection to " + self->describe() + " lost (" + ec.message() + ")"});
       return;
@@ -222,7 +222,8 @@ void Connection::handle(Frame& frame) {
 std::string Connection::tls_hint(std::string_view error) const {
   // nsqd --tls-required refuses every command but IDENTIFY on a plain connection, fatally.
   if (tls_ || error.find("TLS required") == std::string_view::npos) return {};
-  return "; " + describe() + " accepts only TLS connections: add tls=true to the nsq:// URL (and tls_ca=<file> "
+  return "; " + describe() +
+         " accepts only TLS connections: add tls=true to the nsq:// URL (and tls_ca=<file> "
          "unless a CA the system trusts signed its certificate)";
 }
 
@@ -321,19 +322,19 @@ void Connection::start_tls() {
   }
   state_ = State::securing;
   tls_ = std::make_unique<TlsStream>(socket_, *engine_.tls(), endpoint_.host);
-  tls_->stream.async_handshake(asio::ssl::stream_base::client, [self = shared_from_this()](
-                                                                   const boost::system::error_code& ec) {
-    if (self->state_ == State::closed) return;
-    if (ec) {
-      self->fail({Errc::unavailable, "TLS handshake with " + self->describe() + " failed: " +
-                                         tls_failure(*self->tls_, ec, self->options_)});
-      return;
-    }
-    self->negotiated_.tls = true;
-    self->state_ = State::confirming_tls;
-    self->write();
-    self->read();
-  });
+  tls_->stream.async_handshake(
+      asio::ssl::stream_base::client, [self = shared_from_this()](const boost::system::error_code& ec) {
+        if (self->state_ == State::closed) return;
+        if (ec) {
+          self->fail({Errc::unavailable, "TLS handshake with " + self->describe() +
+                                             " failed: " + tls_failure(*self->tls_, ec, self->options_)});
+          return;
+        }
+        self->negotiated_.tls = true;
+        self->state_ = State::confirming_tls;
+        self->write();
+        self->read();
+      });
 }
 
 void Connection::arm_liveness() {
@@ -362,8 +363,7 @@ void Connection::send(std::string bytes) {
 }
 
 void Connection::write() {
-  if (write_in_progress_ || state_ == State::closed || state_ == State::connecting || state_ == State::securing)
-    return;
+  if (write_in_progress_ || state_ == State::closed || state_ == State::connecting || state_ == State::securing) return;
   if (pending_.empty()) {
     if (shutdown_after_write_) {
       // Over TLS too: the TCP half-close ends the session (nsqd reads it as the end of the

@@ -128,10 +128,12 @@ Options Options::from_url(const Url& url) {
     throw Error(Errc::invalid_argument, "nsq URL " + url.masked() + " sets tls=false and tls_ options; drop one");
   if (tls_configured) o.tls = true;
   if (o.tls_cert.empty() != o.tls_key.empty())
-    throw Error(Errc::invalid_argument, "nsq options tls_cert and tls_key go together (a client certificate and its key)");
+    throw Error(Errc::invalid_argument,
+                "nsq options tls_cert and tls_key go together (a client certificate and its key)");
   if (o.tls_insecure && !o.tls_ca.empty())
-    throw Error(Errc::invalid_argument, "nsq options tls_insecure and tls_ca contradict each other: tls_insecure "
-                                        "skips the certificate check that tls_ca is for");
+    throw Error(Errc::invalid_argument,
+                "nsq options tls_insecure and tls_ca contradict each other: tls_insecure "
+                "skips the certificate check that tls_ca is for");
   if (o.nsqd.empty() && o.lookupd.empty())
     throw Error(Errc::bad_url, "bad broker URL '" + url.masked() +
                                    "': name an nsqd (nsq://host:4150) or an nsqlookupd (nsq://?lookupd=host:4161)");
