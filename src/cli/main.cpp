@@ -113,6 +113,7 @@ int main(int argc, char** argv) {
                "and the order service built on it.",
                "ferry"};
   app.require_subcommand(1);
+  app.fallthrough();  // --log-level also after the command: ferry serve --log-level debug
   app.set_version_flag("--version", std::string(FERRY_VERSION));
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
