@@ -52,7 +52,13 @@ int run_dev_kafka(int brokers) {
 }
 
 // `ferry dev nsq`: ferry's NSQ test peer (tests/nsq_peer) on loopback until SIGINT or SIGTERM.
-int run_dev_nsq(int port, std::size_t max_msg_size) {
+// With a certificate and key it offers TLS as nsqd's --tls-cert / --tls-key do.
+struct DevNsqTls {
+  std::string cert, key;
+  bool required = false;
+};
+
+int run_dev_nsq(int port, std::size_t max_msg_size, const DevNsqTls& tls) {
 #if FERRY_HAVE_NSQ_PEER
   sigset_t stop;
   sigemptyset(&stop);
@@ -62,11 +68,20 @@ int run_dev_nsq(int port, std::size_t max_msg_size) {
   ferry::nsq_peer::PeerOptions options;
   options.port = port;
   options.max_msg_size = max_msg_size;
+  options.tls_cert = tls.cert;
+  options.tls_key = tls.key;
+  options.tls_required = tls.required;
   ferry::nsq_peer::Peer peer(options);
-  peer.start();
+  try {
+    peer.start();
+  } catch (const std::exception& e) {
+    throw ferry::Error(ferry::Errc::invalid_argument, e.what());
+  }
   std::string url = peer.url();
-  if (max_msg_size != 1'048'576)
-    url += "?max_message_size=" + std::to_string(max_msg_size);
+  std::string query;
+  if (max_msg_size != 1'048'576) query += "&max_message_size=" + std::to_string(max_msg_size);
+  if (!tls.cert.empty()) query += "&tls=true&tls_ca=<the CA that signed " + tls.cert + ">";
+  if (!query.empty()) url += "?" + query.substr(1);
   std::cout << "broker URL: " << url << "\n"
             << "ferry's NSQ test peer (an nsqd-compatible server, in memory, not nsqd); Ctrl-C stops it. "
             << "Try: ferry serve --broker '" << url << "'" << std::endl;
@@ -78,6 +93,7 @@ int run_dev_nsq(int port, std::size_t max_msg_size) {
 #else
   (void)port;
   (void)max_msg_size;
+  (void)tls;
   throw ferry::Error(ferry::Errc::invalid_argument, "this ferry was built without its tests, so without the NSQ test peer");
 #endif
 }
@@ -229,7 +245,17 @@ int main(int argc, char** argv) {
   dev_nsq->add_option("--max-msg-size", dev_nsq_max_msg_size, "largest message body in bytes, as nsqd's --max-msg-size")
       ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 30))
       ->capture_default_str();
-  dev_nsq->callback([&] { action = [&] { return run_dev_nsq(dev_nsq_port, dev_nsq_max_msg_size); }; });
+  DevNsqTls dev_nsq_tls;
+  auto* tls_cert = dev_nsq->add_option("--tls-cert", dev_nsq_tls.cert, "PEM certificate: offer TLS, as nsqd's --tls-cert")
+                       ->check(CLI::ExistingFile);
+  auto* tls_key = dev_nsq->add_option("--tls-key", dev_nsq_tls.key, "PEM key of --tls-cert, as nsqd's --tls-key")
+                      ->check(CLI::ExistingFile);
+  tls_cert->needs(tls_key);
+  tls_key->needs(tls_cert);
+  dev_nsq->add_flag("--tls-required", dev_nsq_tls.required, "refuse plain connections, as nsqd's --tls-required")
+      ->needs(tls_cert);
+  dev_nsq->callback(
+      [&] { action = [&] { return run_dev_nsq(dev_nsq_port, dev_nsq_max_msg_size, dev_nsq_tls); }; });
 
   // --kafka-prop on every command that opens a broker
   std::vector<std::string> kafka_properties;
