@@ -11,6 +11,7 @@
 // InstrumentedPublisher wraps another publisher and is thread-safe like it; the wrapped
 // publisher must outlive it.
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -33,9 +34,13 @@ class InstrumentedPublisher : public Publisher {
   metrics::Family<metrics::Histogram>& duration_;
 };
 
-// Reads Broker::admin()->stats() at every render into the backlog gauges, labelled with
+// Reads Broker::admin()->stats() into the backlog gauges at every render, labelled with
 // `backend` (the broker's URL scheme when empty); does nothing for a broker without an
-// Admin. Holds a weak reference: a closed broker stops reporting.
-void collect_backlog(metrics::Registry& registry, const std::shared_ptr<Broker>& broker, std::string backend = {});
+// Admin. The reading runs on a thread of its own, one at a time: a render waits at most
+// `wait` for fresh figures and otherwise shows the last ones, so that a slow or
+// unreachable broker never holds up the caller (an HTTP server's thread). Holds a weak
+// reference: a closed broker stops reporting.
+void collect_backlog(metrics::Registry& registry, const std::shared_ptr<Broker>& broker, std::string backend = {},
+                     std::chrono::milliseconds wait = std::chrono::seconds{1});
 
 }  // namespace ferry

@@ -1,5 +1,12 @@
 #include "ferry/instrumented.hpp"
 
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "ferry/admin.hpp"
+
 namespace ferry {
 
 InstrumentedPublisher::InstrumentedPublisher(Publisher& inner, metrics::Registry& registry, std::string backend)
@@ -31,18 +38,80 @@ void InstrumentedPublisher::publish_batch_async(const std::string& topic, std::v
   }
 }
 
-void collect_backlog(metrics::Registry& registry, const std::shared_ptr<Broker>& broker, std::string backend) {
+namespace {
+
+// Reads a broker's Admin::stats() on its own thread, one reading at a time. read() asks
+// for a reading that starts after the call and waits for it up to a bound; the newest
+// figures are returned either way (none before the first reading completes).
+class BacklogReader {
+ public:
+  explicit BacklogReader(std::weak_ptr<Broker> broker) : broker_(std::move(broker)), thread_([this] { run(); }) {}
+  ~BacklogReader() {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();
+  }
+  BacklogReader(const BacklogReader&) = delete;
+  BacklogReader& operator=(const BacklogReader&) = delete;
+
+  std::optional<std::vector<TopicStats>> read(std::chrono::milliseconds wait) {
+    std::unique_lock lock(mutex_);
+    const std::uint64_t wanted = ++requested_;
+    changed_.notify_all();
+    changed_.wait_for(lock, wait, [&] { return completed_ >= wanted || stop_; });
+    return latest_;
+  }
+
+ private:
+  void run() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      changed_.wait(lock, [&] { return stop_ || requested_ > completed_; });
+      if (stop_) return;
+      const std::uint64_t target = requested_;
+      lock.unlock();
+      std::optional<std::vector<TopicStats>> fresh;
+      try {
+        if (auto broker = broker_.lock())
+          if (Admin* admin = broker->admin()) fresh = admin->stats();
+      } catch (...) {
+        // An unreadable broker leaves the last figures standing.
+      }
+      lock.lock();
+      if (fresh) latest_ = std::move(fresh);
+      completed_ = target;
+      changed_.notify_all();
+    }
+  }
+
+  std::weak_ptr<Broker> broker_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::uint64_t requested_ = 0;
+  std::uint64_t completed_ = 0;
+  bool stop_ = false;
+  std::optional<std::vector<TopicStats>> latest_;
+  std::thread thread_;  // last: starts once the members above exist
+};
+
+}  // namespace
+
+void collect_backlog(metrics::Registry& registry, const std::shared_ptr<Broker>& broker, std::string backend,
+                     std::chrono::milliseconds wait) {
   if (!broker->admin()) return;
   auto& backlog = registry.gauge("ferry_backlog", "Messages a group has not settled yet.", {"backend", "topic", "group"});
   auto& in_flight = registry.gauge("ferry_in_flight_deliveries", "Deliveries handed out and not yet settled.",
                                    {"backend", "topic", "group"});
   auto& retained = registry.gauge("ferry_topic_messages", "Messages the broker retains.", {"backend", "topic"});
-  std::weak_ptr<Broker> weak = broker;
   if (backend.empty()) backend = broker->url().scheme();
-  registry.add_collector([weak, backend, &backlog, &in_flight, &retained] {
-    auto b = weak.lock();
-    if (!b || !b->admin()) return;
-    for (const auto& t : b->admin()->stats()) {
+  auto reader = std::make_shared<BacklogReader>(broker);
+  registry.add_collector([reader, wait, backend, &backlog, &in_flight, &retained] {
+    auto stats = reader->read(wait);
+    if (!stats) return;
+    for (const auto& t : *stats) {
       retained.labels({backend, t.topic}).set(static_cast<double>(t.messages));
       for (const auto& g : t.groups) {
         backlog.labels({backend, t.topic, g.group}).set(static_cast<double>(g.backlog));

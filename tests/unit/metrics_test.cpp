@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <condition_variable>
+#include <mutex>
+
 #include <thread>
 
 #include "ferry/metrics.hpp"
@@ -113,6 +116,77 @@ TEST(InstrumentedPublisher, CountsConfirmationsAndFailuresAndReportsBacklog) {
   EXPECT_EQ(parsed.value("ferry_in_flight_deliveries", {{"topic", "orders"}, {"group", "billing"}}), 1);
   d->ack();
   EXPECT_EQ(parse_prometheus(r.render()).value("ferry_backlog", {{"topic", "orders"}, {"group", "billing"}}), 2);
+}
+
+}  // namespace
+
+namespace {
+
+// A broker whose Admin::stats() blocks until released: a cluster that does not answer.
+class StalledAdminBroker : public ferry::Broker, public ferry::Admin {
+ public:
+  explicit StalledAdminBroker(std::shared_ptr<ferry::Broker> inner) : inner_(std::move(inner)) {}
+  const ferry::Url& url() const override { return inner_->url(); }
+  ferry::Capabilities capabilities() const override { return inner_->capabilities(); }
+  ferry::Publisher& publisher() override { return inner_->publisher(); }
+  std::unique_ptr<ferry::Subscriber> subscribe(const ferry::SubscribeOptions& o) override {
+    return inner_->subscribe(o);
+  }
+  ferry::Status ping() override { return inner_->ping(); }
+  void close() override { inner_->close(); }
+  ferry::Admin* admin() override { return this; }
+
+  std::vector<ferry::TopicStats> stats() override {
+    std::unique_lock lock(mutex_);
+    released_cv_.wait(lock, [&] { return released_; });
+    return inner_->admin()->stats();
+  }
+  std::vector<ferry::Message> peek(const std::string& topic, std::size_t limit) override {
+    return inner_->admin()->peek(topic, limit);
+  }
+  std::uint64_t purge(const std::string& topic) override { return inner_->admin()->purge(topic); }
+
+  void release() {
+    {
+      std::lock_guard lock(mutex_);
+      released_ = true;
+    }
+    released_cv_.notify_all();
+  }
+
+ private:
+  std::shared_ptr<ferry::Broker> inner_;
+  std::mutex mutex_;
+  std::condition_variable released_cv_;
+  bool released_ = false;
+};
+
+TEST(CollectBacklog, ARenderWaitsNoLongerThanItsBoundForAStalledBroker) {
+  ferry::memory::register_scheme();
+  auto broker = std::make_shared<StalledAdminBroker>(ferry::Broker::open("memory://"));
+  ferry::metrics::Registry r;
+  ferry::collect_backlog(r, broker, "stalled", std::chrono::milliseconds{200});
+  // Released before the registry (and the reader thread it owns) goes, whatever happens.
+  std::shared_ptr<void> release_at_exit(nullptr, [&](void*) { broker->release(); });
+  auto sub = broker->subscribe({.topic = "orders", .group = "billing"});
+  broker->publisher().publish("orders", ferry::Message::with_payload("a"));
+
+  auto start = std::chrono::steady_clock::now();
+  auto text = r.render();
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_LT(took, std::chrono::seconds{2}) << "render waited for the stalled broker";
+  EXPECT_EQ(text.find("ferry_backlog{"), std::string::npos) << "no figures yet, so no backlog sample:\n" << text;
+
+  broker->release();
+  // The reading under way completes; a later render shows fresh figures.
+  double backlog = -1;
+  for (int i = 0; i < 50 && backlog != 1; ++i) {
+    try {
+      backlog = parse_prometheus(r.render()).value("ferry_backlog", {{"backend", "stalled"}, {"group", "billing"}});
+    } catch (const std::runtime_error&) {
+    }
+  }
+  EXPECT_EQ(backlog, 1);
 }
 
 }  // namespace
