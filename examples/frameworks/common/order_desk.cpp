@@ -400,10 +400,10 @@ void OrderDesk::consume(Backend& backend) {
     }
     const auto& event = std::get<Event>(decoded);
     // The order's work would go here: reserve stock, send the confirmation mail, ...
-    backend.remember(event.order_id, State::processed);
     ++backend.processed;
     log_line(framework_, "processed order " + event.order_id + " from " + backend.name + " (user " + event.user_id +
                              ", " + std::to_string(event.products) + " product(s))");
+    backend.remember(event.order_id, State::processed);
     delivery->ack();
   }
 }

@@ -98,12 +98,13 @@ class OrderDesk {
   void consume(Backend& backend);
 
   std::string framework_;
-  std::vector<std::unique_ptr<Backend>> backends_;
   mutable std::mutex mutex_;
   std::condition_variable idle_;
   int in_flight_ = 0;
   bool admitting_ = true;
   bool closed_ = false;
+  // Last, so that brokers (and publish callbacks they still hold) go before the mutex.
+  std::vector<std::unique_ptr<Backend>> backends_;
 };
 
 // SIGINT and SIGTERM, taken by one thread with sigwait. block() must be called in main
