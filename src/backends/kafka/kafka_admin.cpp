@@ -311,6 +311,10 @@ std::vector<Message> KafkaAdmin::peek(const std::string& topic, std::size_t limi
   if (open > 0 && read.empty())
     throw Error(Errc::timeout, "could not read '" + topic + "' on " + options.masked_url + " within " +
                                    std::to_string(options.admin_timeout.count()) + " ms" + errors.suffix());
+  if (open > 0)
+    spdlog::warn("kafka peek of '{}' on {}: {} partition(s) not read within {} ms; the oldest messages shown are "
+                 "those of the partitions read{}",
+                 topic, options.masked_url, open, options.admin_timeout.count(), errors.suffix());
 
   std::sort(read.begin(), read.end(), [](const Read& a, const Read& b) {
     return std::tie(a.message.timestamp, a.partition, a.offset) < std::tie(b.message.timestamp, b.partition, b.offset);
