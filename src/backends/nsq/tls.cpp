@@ -66,6 +66,9 @@ std::string tls_failure(TlsStream& tls, const boost::system::error_code& ec, con
              (options.tls_ca.empty() ? "): give the CA that signed it as tls_ca=<PEM file>"
                                      : "): is tls_ca=" + options.tls_ca + " the CA that signed it?");
   }
+  // Under TLS 1.2 an nsqd that wants a client certificate ends the handshake itself.
+  if (options.tls_cert.empty() && ec.category() == boost::asio::error::get_ssl_category())
+    return ec.message() + " (if nsqd requires client certificates, give tls_cert=<PEM> and tls_key=<PEM>)";
   return ec.message();
 }
 
