@@ -94,6 +94,14 @@ TEST_F(NsqServe, ASeparateConsumeProcessSharesTheChannel) {
   EXPECT_TRUE(left.empty()) << left.size() << " orders not processed\n" << consume->log();
   consume->signal(SIGTERM);
   EXPECT_EQ(consume->wait_exit(15s).value_or(-1), 0) << consume->log();
+
+  // With no consumer, what is posted now waits in the channel: its depth in nsqd's /stats
+  // is the group's backlog in /metrics.
+  for (int i = 0; i < 5; ++i) ASSERT_EQ(client.post_json("/orders", order_body("later")).status, 202);
+  auto scrape = [&] { return client.get("/metrics").body; };
+  auto backlog = ferry::testing::wait_for_sample(
+      scrape, "ferry_backlog", {{"backend", "nsq"}, {"topic", "orders"}, {"group", "order-processor"}}, 5, 10s);
+  EXPECT_EQ(backlog, 5.0) << scrape();
   serve->signal(SIGTERM);
   EXPECT_EQ(serve->wait_exit(15s).value_or(-1), 0) << serve->log();
 }
