@@ -52,7 +52,10 @@ class Watchdog {
         deadlines_.erase(first);
         continue;
       }
-      cv_.wait_until(lock, first->first.first);
+      // A copy: wait_until reads the time again after waking, and forget() may have erased
+      // the entry by then.
+      const Clock::time_point deadline = first->first.first;
+      cv_.wait_until(lock, deadline);
     }
   }
 
