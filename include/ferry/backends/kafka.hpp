@@ -27,8 +27,7 @@
 //   admin_timeout=10s     bound on topic creation, the committed-offset lookup and each
 //                         request of Broker::admin()
 //   groups=a,b            consumer groups Admin::stats() reports besides those this handle
-//                         subscribed and those the cluster lists (ListConsumerGroups, which
-//                         librdkafka's mock cluster does not answer)
+//                         subscribed (other processes' groups, e.g. for ferry stats)
 // Every other key is a librdkafka property (CONFIGURATION.md) given to both the producer
 // and the consumers; prefix it with `producer.` or `consumer.` to give it to one only. An
 // unknown property or a bad value is an Error(invalid_argument) from Broker::open, naming
