@@ -224,7 +224,7 @@ TEST_F(NsqTls, TlsOptionsAreCheckedAtOpen) {
     std::string query, expect;
   };
   const std::vector<Case> cases = {
-      {"tls=maybe", "tls"},
+      {"tls=maybe", "'maybe' is not true or false"},
       {"tls_ca=/nonexistent/ca.pem", "nsq option tls_ca: cannot load '/nonexistent/ca.pem'"},
       {"tls_cert=" + ours_->client_cert().string(), "tls_cert and tls_key go together"},
       {"tls=false&tls_ca=" + ca(), "sets tls=false and tls_ options"},
