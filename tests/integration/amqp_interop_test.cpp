@@ -9,6 +9,7 @@
 #include "ferry/backends/amqp.hpp"
 #include "ferry/broker.hpp"
 #include "rabbitmq_fixture.hpp"
+#include "unique_name.hpp"
 
 namespace ferry {
 namespace {
@@ -17,10 +18,7 @@ using namespace std::chrono_literals;
 
 const bool uses_rabbitmq = testing::use_rabbitmq();
 
-std::string unique(const std::string& stem) {
-  static std::atomic<int> n{0};
-  return stem + "-" + std::to_string(::getpid()) + "-" + std::to_string(++n);
-}
+using ferry::testing::unique_name;
 
 // Gets one message from a queue with pika and prints it as JSON.
 constexpr const char* kPikaGet = R"py(
@@ -86,7 +84,7 @@ std::string text(const boost::json::object& o, const char* key) {
 TEST(AmqpInterop, PikaReadsWhatFerryPublished) {
   amqp::register_scheme();
   auto broker = Broker::open(testing::rabbitmq().url());
-  const auto topic = unique("to-pika");
+  const auto topic = unique_name("to-pika");
   broker->subscribe({.topic = topic, .group = "pika"})->close();  // the queue <topic>.pika
 
   Message m = Message::with_payload("hello pika");
@@ -112,7 +110,7 @@ TEST(AmqpInterop, PikaReadsWhatFerryPublished) {
 TEST(AmqpInterop, FerryReadsWhatPikaPublished) {
   amqp::register_scheme();
   auto broker = Broker::open(testing::rabbitmq().url());
-  const auto topic = unique("from-pika");
+  const auto topic = unique_name("from-pika");
   auto sub = broker->subscribe({.topic = topic, .group = "g"});
 
   pika_publish(topic, "", "hello ferry", "pika-1");
@@ -144,8 +142,8 @@ TEST(AmqpInterop, FerryReadsWhatPikaPublished) {
 TEST(AmqpInterop, TheSeedLayoutWorksFromBothSides) {
   amqp::register_scheme();
   // Fresh names, in the seed's shape: direct exchange, one routing key, a named queue.
-  const std::string exchange = unique("order_exchange");
-  const std::string queue = unique("order_queue");
+  const std::string exchange = unique_name("order_exchange");
+  const std::string queue = unique_name("order_queue");
   auto broker =
       Broker::open(testing::rabbitmq().url("?exchange_type=direct&routing_key=order_created&queue.orders=" + queue));
   auto sub = broker->subscribe({.topic = exchange, .group = "orders"});

@@ -14,6 +14,7 @@
 #include "ferry/backends/amqp.hpp"
 #include "ferry/broker.hpp"
 #include "rabbitmq_fixture.hpp"
+#include "unique_name.hpp"
 
 namespace ferry {
 namespace {
@@ -23,10 +24,7 @@ using SteadyClock = std::chrono::steady_clock;
 
 const bool uses_rabbitmq = testing::use_rabbitmq();
 
-std::string unique(const std::string& stem) {
-  static std::atomic<int> n{0};
-  return stem + "-" + std::to_string(::getpid()) + "-" + std::to_string(++n);
-}
+using ferry::testing::unique_name;
 
 // Records what a publishing loop saw.
 struct PublishLog {
@@ -84,7 +82,7 @@ TEST_P(AmqpRestart, PublishersFailClearlyConsumersResumeNothingConfirmedIsLost) 
   auto& node = testing::rabbitmq();
   const std::string url = node.url("?publish_timeout=2s&connect_timeout=1s&heartbeat=2s");
   auto broker = Broker::open(url);
-  const auto topic = unique("restart");
+  const auto topic = unique_name("restart");
 
   std::mutex received_mutex;
   std::set<std::string> received;

@@ -9,6 +9,7 @@
 #include "ferry/backends/amqp.hpp"
 #include "ferry/broker.hpp"
 #include "rabbitmq_fixture.hpp"
+#include "unique_name.hpp"
 
 namespace ferry {
 namespace {
@@ -17,10 +18,7 @@ using namespace std::chrono_literals;
 
 const bool uses_rabbitmq = testing::use_rabbitmq();
 
-std::string unique(const std::string& stem) {
-  static std::atomic<int> n{0};
-  return stem + "-" + std::to_string(::getpid()) + "-" + std::to_string(++n);
-}
+using ferry::testing::unique_name;
 
 Error open_error(const std::string& url) {
   try {
@@ -75,7 +73,7 @@ TEST_F(AmqpTopology, UnreachableAndRefusedSayWhatAndHideThePassword) {
 
 TEST_F(AmqpTopology, PublishingToATopicWithoutGroupsIsAnError) {
   auto broker = Broker::open(node().url());
-  const auto topic = unique("nobody");
+  const auto topic = unique_name("nobody");
   Status s = publish_status(*broker, topic);
   EXPECT_EQ(s.code, Errc::unavailable);
   EXPECT_NE(s.message.find("unroutable: no queue bound to exchange '" + topic + "'"), std::string::npos) << s.message;
@@ -86,7 +84,7 @@ TEST_F(AmqpTopology, PublishingToATopicWithoutGroupsIsAnError) {
 }
 
 TEST_F(AmqpTopology, RedeclaringWithOtherSettingsIsAClearError) {
-  const auto topic = unique("retyped");
+  const auto topic = unique_name("retyped");
   auto direct = Broker::open(node().url("?exchange_type=direct"));
   direct->subscribe({.topic = topic, .group = "g"})->close();
 
@@ -105,7 +103,7 @@ TEST_F(AmqpTopology, RedeclaringWithOtherSettingsIsAClearError) {
   EXPECT_EQ(s.code, Errc::invalid_argument) << s.message;
   EXPECT_NE(s.message.find("PRECONDITION_FAILED"), std::string::npos) << s.message;
   // The failure was confined to the declaring channel: the handle still publishes.
-  const auto other = unique("fine");
+  const auto other = unique_name("fine");
   fanout->subscribe({.topic = other, .group = "g"})->close();
   EXPECT_TRUE(publish_status(*fanout, other).ok());
   EXPECT_TRUE(direct->ping().ok());
@@ -115,7 +113,7 @@ TEST_F(AmqpTopology, RedeclaringWithOtherSettingsIsAClearError) {
 
 TEST_F(AmqpTopology, RejectedMessagesAreKeptForTheReplayGroup) {
   auto broker = Broker::open(node().url());
-  const auto topic = unique("poison");
+  const auto topic = unique_name("poison");
   auto sub = broker->subscribe({.topic = topic, .group = "g"});
   const std::string dlq = topic + ".g.dlq";
   const std::string keeper = dlq + "." + std::string(amqp::dead_letter_keeper_group);
@@ -144,7 +142,7 @@ TEST_F(AmqpTopology, RejectedMessagesAreKeptForTheReplayGroup) {
 
 TEST_F(AmqpTopology, AnEphemeralGroupIsDeletedWithItsSubscriber) {
   auto broker = Broker::open(node().url());
-  const auto topic = unique("tail");
+  const auto topic = unique_name("tail");
   broker->subscribe({.topic = topic, .group = "kept"})->close();
   SubscribeOptions options{.topic = topic, .group = "tail-1"};
   options.ephemeral = true;
@@ -166,7 +164,7 @@ TEST_F(AmqpTopology, AdminStatsPeekAndPurge) {
   auto broker = Broker::open(node().url());
   auto* admin = broker->admin();
   ASSERT_NE(admin, nullptr);
-  const auto topic = unique("admin");
+  const auto topic = unique_name("admin");
   broker->subscribe({.topic = topic, .group = "g"})->close();
   std::vector<Message> batch;
   for (int i = 0; i < 5; ++i) batch.push_back(Message::with_payload("p" + std::to_string(i)));
@@ -193,7 +191,7 @@ TEST_F(AmqpTopology, AdminStatsPeekAndPurge) {
 TEST_F(AmqpTopology, TlsRoundTrip) {
   auto broker = Broker::open(node().tls_url());
   EXPECT_TRUE(broker->ping().ok());
-  const auto topic = unique("tls");
+  const auto topic = unique_name("tls");
   auto sub = broker->subscribe({.topic = topic, .group = "g"});
   Message m = Message::with_payload("over TLS");
   broker->publisher().publish(topic, m);

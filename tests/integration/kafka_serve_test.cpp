@@ -33,17 +33,7 @@ TEST(KafkaServe, OrdersAreAcceptedAndProcessedThroughKafka) {
     ids.push_back(json_field(r.body, "order_id"));
     ASSERT_FALSE(ids.back().empty()) << r.body;
   }
-  std::vector<std::string> left = ids;
-  const auto deadline = std::chrono::steady_clock::now() + 40s;
-  while (!left.empty() && std::chrono::steady_clock::now() < deadline) {
-    std::vector<std::string> still;
-    for (const auto& id : left) {
-      auto r = client.get("/orders/" + id);
-      if (r.status != 200 || json_field(r.body, "state") != "processed") still.push_back(id);
-    }
-    left.swap(still);
-    if (!left.empty()) std::this_thread::sleep_for(100ms);
-  }
+  auto left = wait_processed(port, ids, 40s);
   EXPECT_TRUE(left.empty()) << left.size() << " orders were never processed\n" << serve.log();
 
   // The backlog gauges come from Kafka's watermarks and the group's committed offsets:

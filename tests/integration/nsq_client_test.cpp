@@ -10,6 +10,7 @@
 #include "ferry/backends/nsq.hpp"
 #include "ferry/broker.hpp"
 #include "nsq_peer.hpp"
+#include "unique_name.hpp"
 
 namespace ferry::nsq {
 namespace {
@@ -18,10 +19,7 @@ using namespace std::chrono_literals;
 using nsq_peer::Peer;
 using nsq_peer::PeerOptions;
 
-std::string unique(const std::string& stem) {
-  static int n = 0;
-  return stem + "-" + std::to_string(::getpid()) + "-" + std::to_string(++n);
-}
+using ferry::testing::unique_name;
 
 class NsqClient : public ::testing::Test {
  protected:
@@ -42,7 +40,7 @@ TEST_F(NsqClient, ReconnectsAfterThePeerRestartsAndNewPublishesFlow) {
   Peer peer;
   peer.start();
   auto broker = Broker::open(peer.url() + "?max_backoff=200ms&heartbeat=1s");
-  const auto topic = unique("restart");
+  const auto topic = unique_name("restart");
   auto sub = broker->subscribe({.topic = topic, .group = "g"});
   broker->publisher().publish(topic, Message::with_payload("before"));
   auto before = sub->receive(5s);
@@ -71,7 +69,7 @@ TEST_F(NsqClient, AnswersHeartbeatsSoIdleConnectionsStayOpen) {
   Peer peer;
   peer.start();
   auto broker = Broker::open(peer.url() + "?heartbeat=1s");
-  const auto topic = unique("idle");
+  const auto topic = unique_name("idle");
   auto sub = broker->subscribe({.topic = topic, .group = "g", .prefetch = 2});
   const auto accepted = peer.stats().connections_accepted;  // the publisher's and the subscriber's
   std::this_thread::sleep_for(3500ms);                      // three heartbeats; a silent client is dropped after two
@@ -91,7 +89,7 @@ TEST_F(NsqClient, DropsAConnectionThatSendsNothingForTwoHeartbeatsAndReconnects)
   Peer peer;
   peer.start();
   auto broker = Broker::open(peer.url() + "?heartbeat=1s&max_backoff=200ms");
-  const auto topic = unique("hung");
+  const auto topic = unique_name("hung");
   auto sub = broker->subscribe({.topic = topic, .group = "g"});
   const auto accepted = peer.stats().connections_accepted;
   peer.set_silent(true);  // no heartbeats: to the client, a hung nsqd
@@ -130,7 +128,7 @@ TEST_F(NsqClient, PublishFailsOverToTheNextNsqd) {
   const std::string dead_address = dead.address();
   dead.stop();
   auto broker = Broker::open("nsq://" + dead_address + "," + alive.address());
-  const auto topic = unique("failover");
+  const auto topic = unique_name("failover");
   broker->publisher().publish(topic, Message::with_payload("x"));
   auto stats = alive.stats();
   ASSERT_EQ(stats.topics.size(), 1u);
@@ -145,7 +143,7 @@ TEST_F(NsqClient, ConsumesFromEveryNsqdThatLookupdLists) {
   nsq_peer::Lookupd lookupd;
   lookupd.add(a);
   lookupd.add(b);
-  const auto topic = unique("discover");
+  const auto topic = unique_name("discover");
   // Producers straight to each nsqd; the consumer only knows nsqlookupd.
   auto to_a = Broker::open(a.url());
   auto to_b = Broker::open(b.url());
@@ -191,7 +189,7 @@ TEST_F(NsqClient, MaxAttemptsMovesAPoisonMessageToTheDeadLetterTopic) {
   Peer peer;
   peer.start();
   auto broker = Broker::open(peer.url() + "?max_attempts=2");
-  const auto topic = unique("poison");
+  const auto topic = unique_name("poison");
   auto dlq = broker->subscribe({.topic = topic + ".g.dlq", .group = "inspect"});
   auto sub = broker->subscribe({.topic = topic, .group = "g"});
   Message m = Message::with_payload("crashes its consumer");
@@ -218,7 +216,7 @@ TEST_F(NsqClient, TouchKeepsALongHandlersMessageUntilItsAckTimeout) {
   peer.start();
   // nsqd's timeout 1 s; the handler may take 3 s: ferry TOUCHes in between.
   auto broker = Broker::open(peer.url() + "?msg_timeout=1s");
-  const auto topic = unique("touch");
+  const auto topic = unique_name("touch");
   auto slow = broker->subscribe({.topic = topic, .group = "g", .ack_timeout = 3000ms});
   broker->publisher().publish(topic, Message::with_payload("slow work"));
   std::optional<Delivery> held = slow->receive(5s);  // the channel's only consumer so far
@@ -235,7 +233,7 @@ TEST_F(NsqClient, DeferredPublishIsHeldByNsqd) {
   Peer peer;
   peer.start();
   auto broker = Broker::open(peer.url());
-  const auto topic = unique("dpub");
+  const auto topic = unique_name("dpub");
   auto sub = broker->subscribe({.topic = topic, .group = "g"});
   std::promise<Status> done;
   auto start = std::chrono::steady_clock::now();
@@ -267,7 +265,7 @@ TEST_F(NsqClient, AuthenticatesWhenNsqdAsks) {
     EXPECT_EQ(std::string(e.what()).find("wrong"), std::string::npos) << "the secret leaked: " << e.what();
   }
   auto broker = Broker::open(peer.url() + "?auth_secret=s3cret");
-  const auto topic = unique("auth");
+  const auto topic = unique_name("auth");
   auto sub = broker->subscribe({.topic = topic, .group = "g"});
   broker->publisher().publish(topic, Message::with_payload("authorized"));
   auto d = sub->receive(5s);
@@ -281,7 +279,7 @@ TEST_F(NsqClient, AdminReadsNsqdStatsAndEmptiesTopics) {
   Peer peer(options);
   peer.start();
   auto broker = Broker::open(peer.url() + "?http=127.0.0.1:" + std::to_string(peer.http_port()));
-  const auto topic = unique("admin");
+  const auto topic = unique_name("admin");
   auto sub = broker->subscribe({.topic = topic, .group = "g", .prefetch = 1});
   for (int i = 0; i < 5; ++i) broker->publisher().publish(topic, Message::with_payload("m" + std::to_string(i)));
   auto held = sub->receive(5s);

@@ -17,6 +17,7 @@
 #include "ferry/broker.hpp"
 #include "nsq_peer.hpp"
 #include "test_certificates.hpp"
+#include "unique_name.hpp"
 
 namespace ferry::nsq {
 namespace {
@@ -27,10 +28,7 @@ using nsq_peer::Peer;
 using nsq_peer::PeerOptions;
 using testing::TestCertificates;
 
-std::string unique(const std::string& stem) {
-  static int n = 0;
-  return stem + "-" + std::to_string(::getpid()) + "-" + std::to_string(++n);
-}
+using ferry::testing::unique_name;
 
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
@@ -89,7 +87,7 @@ TEST_F(NsqTls, PublishesAndConsumesOverTlsWithTheCaVerified) {
   Peer peer(tls_peer(/*required=*/true));  // a plain command would be refused
   peer.start();
   auto broker = Broker::open(peer.url() + "?tls=true&tls_ca=" + ca() + "&heartbeat=1s");
-  const auto topic = unique("tls");
+  const auto topic = unique_name("tls");
   auto sub = broker->subscribe({.topic = topic, .group = "g", .prefetch = 5});
   std::vector<Message> sent;
   for (int i = 0; i < 20; ++i) sent.push_back(Message::with_payload("secret " + std::to_string(i)));
@@ -131,7 +129,7 @@ TEST_F(NsqTls, AuthenticatesOverTlsAfterNsqdsOk) {
   Peer peer(o);
   peer.start();
   auto broker = Broker::open(peer.url() + "?tls=true&auth_secret=s3cret&tls_ca=" + ca());
-  EXPECT_TRUE(broker->publisher().publish_future(unique("auth"), Message::with_payload("x")).get().ok());
+  EXPECT_TRUE(broker->publisher().publish_future(unique_name("auth"), Message::with_payload("x")).get().ok());
   EXPECT_EQ(peer.stats().tls_connections, 1u);
 }
 
@@ -160,14 +158,14 @@ TEST_F(NsqTls, TheCertificateMustNameTheHostConnectedTo) {
   Peer named(tls_peer());
   named.start();
   auto broker = Broker::open("nsq://localhost:" + std::to_string(named.port()) + "?tls=true&tls_ca=" + ca());
-  EXPECT_TRUE(broker->publisher().publish_future(unique("named"), Message::with_payload("x")).get().ok());
+  EXPECT_TRUE(broker->publisher().publish_future(unique_name("named"), Message::with_payload("x")).get().ok());
 }
 
 TEST_F(NsqTls, InsecureSkipsTheCertificateCheck) {
   Peer peer(tls_peer());
   peer.start();
   auto broker = Broker::open(peer.url() + "?tls_insecure=true");  // implies tls=true
-  const auto topic = unique("insecure");
+  const auto topic = unique_name("insecure");
   auto sub = broker->subscribe({.topic = topic, .group = "g"});
   ASSERT_TRUE(broker->publisher().publish_future(topic, Message::with_payload("x")).get().ok());
   auto d = sub->receive(5s);
@@ -182,12 +180,12 @@ TEST_F(NsqTls, ATlsRequiredNsqdTellsAPlainClientToAddTls) {
   // IDENTIFY is allowed in plain text, so the connection opens; the first command is
   // refused (fatally, as nsqd does) and the error says what to do.
   auto broker = Broker::open(peer.url());
-  Status s = broker->publisher().publish_future(unique("plain"), Message::with_payload("x")).get();
+  Status s = broker->publisher().publish_future(unique_name("plain"), Message::with_payload("x")).get();
   ASSERT_FALSE(s.ok());
   EXPECT_TRUE(contains(s.message, "(TLS required)")) << s.message;
   EXPECT_TRUE(contains(s.message, "add tls=true to the nsq:// URL")) << s.message;
   try {
-    broker->subscribe({.topic = unique("plain"), .group = "g"});
+    broker->subscribe({.topic = unique_name("plain"), .group = "g"});
     FAIL() << "subscribed in plain text to a tls-required nsqd";
   } catch (const Error& e) {
     EXPECT_TRUE(contains(e.what(), "add tls=true to the nsq:// URL")) << e.what();
@@ -213,7 +211,7 @@ TEST_F(NsqTls, PresentsAClientCertificateWhenNsqdWantsOne) {
 
   auto broker = Broker::open(peer.url() + "?tls=true&tls_ca=" + ca() + "&tls_cert=" + ours_->client_cert().string() +
                              "&tls_key=" + ours_->client_key().string());
-  EXPECT_TRUE(broker->publisher().publish_future(unique("client-cert"), Message::with_payload("x")).get().ok());
+  EXPECT_TRUE(broker->publisher().publish_future(unique_name("client-cert"), Message::with_payload("x")).get().ok());
   EXPECT_EQ(peer.stats().tls_connections, 1u);
 }
 

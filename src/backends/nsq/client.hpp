@@ -133,6 +133,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void handshake_frame(Frame& frame);
   void start_tls();
   void identified();
+  void become_ready();  // negotiated (and authenticated): commands may flow
   std::string tls_hint(std::string_view error) const;
   void write();
   void fail(const Status& reason);

@@ -281,13 +281,7 @@ void Connection::handshake_frame(Frame& frame) {
     return;
   }
   // The AUTH answer: ready.
-  state_ = State::ready;
-  deadline_.cancel();
-  arm_liveness();
-  if (auto ready = std::move(on_ready_)) {
-    on_ready_ = nullptr;
-    ready({});
-  }
+  become_ready();
 }
 
 void Connection::identified() {
@@ -300,6 +294,10 @@ void Connection::identified() {
     send(encode_command("AUTH", options_.auth_secret));
     return;
   }
+  become_ready();
+}
+
+void Connection::become_ready() {
   state_ = State::ready;
   deadline_.cancel();
   arm_liveness();
