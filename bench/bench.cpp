@@ -28,32 +28,80 @@ double percentile(std::vector<double>& sorted, double p) {
   return sorted[std::min(index, sorted.size() - 1)];
 }
 
-// Bounds the publishes in flight of one producer.
+// Bounds the publishes in flight of one producer (one thread acquires, confirmations
+// release from any thread). A full window resumes once an eighth of it is free again, so
+// the producer is not woken for every single confirmation; releases lock nothing unless
+// the producer waits.
 class Window {
  public:
-  explicit Window(int size) : size_(size) {}
+  explicit Window(int size) : size_(size), slack_(size / 8) {}
   void acquire(int n) {
-    std::unique_lock lock(mutex_);
-    cv_.wait(lock, [&] { return used_ + n <= size_ || used_ == 0; });
-    used_ += n;
+    if (used_.load() + n <= size_) {
+      used_.fetch_add(n);
+      return;
+    }
+    wait_until_used_at_most(std::max(0, size_ - n - slack_));
+    used_.fetch_add(n);
   }
   void release(int n) {
-    {
+    const int now = used_.fetch_sub(n) - n;
+    const int wanted = wanted_.load();
+    if (wanted >= 0 && now <= wanted) {
       std::lock_guard lock(mutex_);
-      used_ -= n;
+      cv_.notify_all();
     }
-    cv_.notify_all();
   }
-  void drain() {
-    std::unique_lock lock(mutex_);
-    cv_.wait(lock, [&] { return used_ == 0; });
-  }
+  void drain() { wait_until_used_at_most(0); }
 
  private:
+  // wanted_ is stored before used_ is read and release() reads wanted_ after changing
+  // used_ (all sequentially consistent): either this sees the release or it notifies.
+  void wait_until_used_at_most(int limit) {
+    std::unique_lock lock(mutex_);
+    wanted_.store(limit);
+    cv_.wait(lock, [&] { return used_.load() <= limit; });
+    wanted_.store(-1);
+  }
+
   std::mutex mutex_;
   std::condition_variable cv_;
-  int size_;
-  int used_ = 0;
+  const int size_;
+  const int slack_;
+  std::atomic<int> used_{0};
+  std::atomic<int> wanted_{-1};  // the level the producer waits for; -1: not waiting
+};
+
+// What the publish callbacks of one run count.
+struct Tally {
+  std::atomic<std::uint64_t> confirmed{0}, errors{0};
+  std::mutex error_mutex;
+  std::string first_error;
+
+  void failed(std::uint64_t n, const std::string& why) {
+    errors.fetch_add(n);
+    std::lock_guard lock(error_mutex);
+    if (first_error.empty()) first_error = why;
+  }
+};
+
+// One producer thread's window and the run's tally.
+struct Lane {
+  Tally* tally;
+  Window window;
+};
+
+// A publish callback: a pointer and a count, small enough for std::function to keep
+// without allocating.
+struct Done {
+  Lane* lane;
+  int n;
+  void operator()(const Status& s) const {
+    if (s.ok())
+      lane->tally->confirmed.fetch_add(static_cast<std::uint64_t>(n));
+    else
+      lane->tally->failed(static_cast<std::uint64_t>(n), s.message);
+    lane->window.release(n);
+  }
 };
 
 }  // namespace
@@ -66,6 +114,7 @@ void Config::validate() const {
   if (window < 1) bad("--window must be at least 1");
   if (batch < 1 || batch > window) bad("--batch must be between 1 and --window");
   if (rate < 0) bad("--rate must not be negative");
+  if (warmup_s < 0) bad("--warmup must not be negative");
   if (size > 64 * 1024 * 1024) bad("--size must be at most 64 MiB");
 }
 
@@ -83,13 +132,13 @@ Result run(const Config& config) {
   std::atomic<std::int64_t> last_consumed_ns{0};
   std::atomic<bool> stop_consumers{false};
   std::mutex latency_mutex;
-  std::vector<double> latencies_ms;
-  latencies_ms.reserve(config.messages);
+  std::vector<std::pair<std::int64_t, double>> samples;  // send time (ns), latency (ms)
+  samples.reserve(config.messages);
 
   std::vector<std::thread> consumer_threads;
   for (auto& sub : subscribers) {
     consumer_threads.emplace_back([&, s = sub.get()] {
-      std::vector<double> local;
+      std::vector<std::pair<std::int64_t, double>> local;
       while (!stop_consumers.load(std::memory_order_relaxed)) {
         auto d = s->receive(std::chrono::milliseconds{100});
         if (!d) continue;
@@ -98,27 +147,26 @@ Result run(const Config& config) {
         if (auto it = h.find(kSentHeader); it != h.end()) {
           std::int64_t sent = 0;
           std::from_chars(it->second.data(), it->second.data() + it->second.size(), sent);
-          local.push_back(static_cast<double>(now - sent) / 1e6);
+          local.emplace_back(sent, static_cast<double>(now - sent) / 1e6);
         }
         d->ack();
         last_consumed_ns.store(now, std::memory_order_relaxed);
         if (consumed.fetch_add(1) + 1 >= config.messages) stop_consumers = true;
       }
       std::lock_guard lock(latency_mutex);
-      latencies_ms.insert(latencies_ms.end(), local.begin(), local.end());
+      samples.insert(samples.end(), local.begin(), local.end());
     });
   }
 
   std::string payload(config.size, 'x');
-  std::atomic<std::uint64_t> confirmed{0}, errors{0};
-  std::mutex error_mutex;
+  Tally tally;
   std::int64_t start_ns = steady_ns();
   std::vector<std::thread> producer_threads;
   for (int p = 0; p < config.producers; ++p) {
     std::uint64_t share = config.messages / static_cast<std::uint64_t>(config.producers) +
                           (static_cast<std::uint64_t>(p) < config.messages % static_cast<std::uint64_t>(config.producers) ? 1 : 0);
     producer_threads.emplace_back([&, share] {
-      Window window(config.window);
+      Lane lane{&tally, Window(config.window)};
       double per_producer_rate = config.rate / config.producers;
       auto t0 = SteadyClock::now();
       std::uint64_t sent = 0;
@@ -135,27 +183,16 @@ Result run(const Config& config) {
           m.payload = payload;
           m.headers.emplace(kSentHeader, now);
         }
-        window.acquire(n);
+        lane.window.acquire(n);
         try {
-          broker->publisher().publish_batch_async(topic, std::move(batch), [&, n](const Status& s) {
-            if (s.ok()) {
-              confirmed.fetch_add(static_cast<std::uint64_t>(n));
-            } else {
-              errors.fetch_add(static_cast<std::uint64_t>(n));
-              std::lock_guard lock(error_mutex);
-              if (result.first_error.empty()) result.first_error = s.message;
-            }
-            window.release(n);
-          });
+          broker->publisher().publish_batch_async(topic, std::move(batch), Done{&lane, n});
         } catch (const std::exception& e) {
-          window.release(n);
-          errors.fetch_add(static_cast<std::uint64_t>(n));
-          std::lock_guard lock(error_mutex);
-          if (result.first_error.empty()) result.first_error = e.what();
+          lane.window.release(n);
+          tally.failed(static_cast<std::uint64_t>(n), e.what());
         }
         sent += static_cast<std::uint64_t>(n);
       }
-      window.drain();
+      lane.window.drain();
     });
   }
   for (auto& t : producer_threads) t.join();
@@ -163,7 +200,7 @@ Result run(const Config& config) {
 
   auto give_up = SteadyClock::now() + std::chrono::duration_cast<SteadyClock::duration>(
                                           std::chrono::duration<double>(config.timeout_s));
-  std::uint64_t expected = confirmed.load();
+  std::uint64_t expected = tally.confirmed.load();
   while (config.consumers > 0 && consumed.load() < expected && SteadyClock::now() < give_up)
     std::this_thread::sleep_for(std::chrono::milliseconds{5});
   stop_consumers = true;
@@ -171,19 +208,32 @@ Result run(const Config& config) {
   for (auto& s : subscribers) s->close();
   broker->close();
 
-  result.published = confirmed.load();
-  result.publish_errors = errors.load();
+  result.published = tally.confirmed.load();
+  result.publish_errors = tally.errors.load();
+  result.first_error = tally.first_error;
   result.consumed = consumed.load();
   result.publish_seconds = static_cast<double>(published_ns - start_ns) / 1e9;
   result.consume_seconds = static_cast<double>(std::max(last_consumed_ns.load(), start_ns) - start_ns) / 1e9;
   result.publish_msgs_per_s = result.publish_seconds > 0 ? static_cast<double>(result.published) / result.publish_seconds : 0;
   result.publish_mb_per_s = result.publish_msgs_per_s * static_cast<double>(config.size) / 1e6;
   result.consume_msgs_per_s = result.consume_seconds > 0 ? static_cast<double>(result.consumed) / result.consume_seconds : 0;
-  std::sort(latencies_ms.begin(), latencies_ms.end());
-  result.p50_ms = percentile(latencies_ms, 0.50);
-  result.p99_ms = percentile(latencies_ms, 0.99);
-  result.p999_ms = percentile(latencies_ms, 0.999);
-  result.max_ms = latencies_ms.empty() ? 0 : latencies_ms.back();
+  const auto warmup_end = start_ns + static_cast<std::int64_t>(config.warmup_s * 1e9);
+  std::vector<double> all_ms, counted_ms;
+  all_ms.reserve(samples.size());
+  counted_ms.reserve(samples.size());
+  for (const auto& [sent, ms] : samples) {
+    all_ms.push_back(ms);
+    if (sent >= warmup_end) counted_ms.push_back(ms);
+  }
+  std::sort(all_ms.begin(), all_ms.end());
+  std::sort(counted_ms.begin(), counted_ms.end());
+  result.latency_samples = counted_ms.size();
+  result.warmup_samples = all_ms.size() - counted_ms.size();
+  result.p50_ms = percentile(counted_ms, 0.50);
+  result.p99_ms = percentile(counted_ms, 0.99);
+  result.p999_ms = percentile(counted_ms, 0.999);
+  result.max_ms = counted_ms.empty() ? 0 : counted_ms.back();
+  result.p99_with_warmup_ms = percentile(all_ms, 0.99);
   return result;
 }
 
@@ -201,7 +251,12 @@ void print_text(std::ostream& out, const Config& c, const Result& r) {
     out << "consume      " << r.consumed << " in " << std::setprecision(3) << r.consume_seconds << " s: "
         << std::setprecision(0) << r.consume_msgs_per_s << " msg/s\n";
     out << std::setprecision(2) << "end-to-end   p50 " << r.p50_ms << " ms, p99 " << r.p99_ms << " ms, p999 "
-        << r.p999_ms << " ms, max " << r.max_ms << " ms\n";
+        << r.p999_ms << " ms, max " << r.max_ms << " ms";
+    if (c.warmup_s > 0)
+      out << " (" << r.latency_samples << " messages; the " << r.warmup_samples << " sent in the first "
+          << std::setprecision(1) << c.warmup_s << " s not counted; with them p99 " << std::setprecision(2)
+          << r.p99_with_warmup_ms << " ms)";
+    out << "\n";
   }
   if (!r.first_error.empty()) out << "first error  " << r.first_error << "\n";
 }
@@ -215,7 +270,9 @@ void print_json(std::ostream& out, const Config& c, const Result& r) {
       << ",\"publish_seconds\":" << r.publish_seconds << ",\"publish_msgs_per_s\":" << r.publish_msgs_per_s
       << ",\"publish_mb_per_s\":" << r.publish_mb_per_s << ",\"consume_seconds\":" << r.consume_seconds
       << ",\"consume_msgs_per_s\":" << r.consume_msgs_per_s << ",\"latency_ms\":{\"p50\":" << r.p50_ms
-      << ",\"p99\":" << r.p99_ms << ",\"p999\":" << r.p999_ms << ",\"max\":" << r.max_ms << "}}\n";
+      << ",\"p99\":" << r.p99_ms << ",\"p999\":" << r.p999_ms << ",\"max\":" << r.max_ms
+      << ",\"samples\":" << r.latency_samples << ",\"warmup_s\":" << c.warmup_s
+      << ",\"warmup_samples\":" << r.warmup_samples << ",\"p99_with_warmup\":" << r.p99_with_warmup_ms << "}}\n";
 }
 
 }  // namespace ferry::bench

@@ -4,7 +4,9 @@
 // Publishes `messages` messages of `size` bytes from `producers` threads (each keeping
 // up to `window` publishes in flight, or sending batches of `batch`), while `consumers`
 // threads of one group receive and ack them. Reports confirmed-publish throughput,
-// consume throughput and end-to-end latency percentiles (publish call to receive).
+// consume throughput and end-to-end latency percentiles (publish call to receive), of the
+// messages sent after `warmup_s` (a Kafka consumer group may still be starting to fetch
+// when the first messages go out; the p99 with those is reported too).
 
 #include <cstdint>
 #include <iosfwd>
@@ -23,6 +25,7 @@ struct Config {
   double rate = 0;           // total messages/s to offer; 0 = as fast as possible
   std::string topic;         // empty: a fresh topic per run
   double timeout_s = 300;    // give up waiting for consumers after this long
+  double warmup_s = 0;       // latencies of messages sent this long after the start are not counted
   void validate() const;     // throws ferry::Error(invalid_argument)
 };
 
@@ -35,7 +38,10 @@ struct Result {
   double publish_msgs_per_s = 0;
   double publish_mb_per_s = 0;
   double consume_msgs_per_s = 0;
-  double p50_ms = 0, p99_ms = 0, p999_ms = 0, max_ms = 0;
+  double p50_ms = 0, p99_ms = 0, p999_ms = 0, max_ms = 0;  // after the warm-up
+  std::uint64_t latency_samples = 0;                          // messages those are of
+  std::uint64_t warmup_samples = 0;                           // messages of the warm-up
+  double p99_with_warmup_ms = 0;
   std::string first_error;
 };
 

@@ -220,6 +220,9 @@ int main(int argc, char** argv) {
   bench->add_option("--batch", bench_config.batch, "messages per publish call")->capture_default_str();
   bench->add_option("--rate", bench_config.rate, "offered load in msg/s (0: as fast as possible)")
       ->capture_default_str();
+  bench->add_option("--warmup", bench_config.warmup_s,
+                    "seconds from the start whose messages' latencies are not counted (reported apart)")
+      ->capture_default_str();
   bench->add_option("--topic", bench_config.topic, "topic (default: a fresh one per run)");
   bench->add_flag("--json", bench_json, "print one JSON object");
   bench->callback([&] {

@@ -440,8 +440,18 @@ void Member::run() {
       room = entries_ < cap ? std::min(cap - entries_, batch.size()) : 0;
     }
     if (room > 0) {
-      // Messages wake this at once; events wait at most the 10 ms.
-      ssize_t n = rd_kafka_consume_batch_queue(messages_.get(), 10, batch.data(), room);
+      // What is fetched already, without waiting: a batch read with a timeout waits for the
+      // whole batch to fill, which at a modest rate holds every message for the timeout.
+      ssize_t n = rd_kafka_consume_batch_queue(messages_.get(), 0, batch.data(), room);
+      if (n == 0) {
+        // Nothing yet: the first message to arrive wakes this at once; events wait at most
+        // the 10 ms.
+        if (rd_kafka_message_t* first = rd_kafka_consume_queue(messages_.get(), 10)) {
+          MessagePtr message(first);
+          on_message(*message);
+          if (room > 1) n = rd_kafka_consume_batch_queue(messages_.get(), 0, batch.data(), room - 1);
+        }
+      }
       for (ssize_t i = 0; i < n; ++i) {
         MessagePtr message(batch[static_cast<std::size_t>(i)]);
         on_message(*message);

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "ferry/subscriber.hpp"
 
@@ -12,6 +13,7 @@ namespace {
 using SteadyClock = std::chrono::steady_clock;
 
 constexpr const char* kIdHeader = "ferry-id";
+constexpr std::size_t kMaxSpareBatches = 4096;
 
 int ms_left(SteadyClock::time_point deadline) {
   auto left = std::chrono::duration_cast<Ms>(deadline - SteadyClock::now()).count();
@@ -40,10 +42,38 @@ struct Producer::Batch {
       spdlog::error("kafka: a publish callback threw");
     }
   }
-  void release() noexcept {
-    if (refs.fetch_sub(1) == 1) delete this;
-  }
 };
+
+Producer::Batch* Producer::take_batch() {
+  {
+    std::lock_guard lock(spare_mutex_);
+    if (!spare_.empty()) {
+      Batch* batch = spare_.back();
+      spare_.pop_back();
+      return batch;
+    }
+  }
+  return new Batch;
+}
+
+// The last reference returns the batch to the spares: a batch is made on the publishing
+// thread and let go on the poller's, and reusing it spares both threads the allocator's
+// cross-thread locking at every publish.
+void Producer::release(Batch* batch) noexcept {
+  if (batch->refs.fetch_sub(1) != 1) return;
+  batch->done = nullptr;
+  batch->refs = 1;
+  batch->remaining = 0;
+  batch->completed = false;
+  {
+    std::lock_guard lock(spare_mutex_);
+    if (spare_.size() < kMaxSpareBatches) {
+      spare_.push_back(batch);
+      return;
+    }
+  }
+  delete batch;
+}
 
 Producer::Producer(const Options& options) : options_(options), errors_("producer " + options.masked_url, this) {
   ConfPtr conf = options_.producer_conf();
@@ -64,6 +94,7 @@ Producer::Producer(const Options& options) : options_(options), errors_("produce
 
 Producer::~Producer() {
   close();
+  for (Batch* batch : spare_) delete batch;
 }
 
 void Producer::on_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void* opaque) {
@@ -76,7 +107,7 @@ void Producer::on_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void*
     } else if (batch->remaining.fetch_sub(1) == 1) {
       batch->complete(Status::success());
     }
-    batch->release();
+    self->release(batch);
   }
   if (self->space_waiters_ > 0) self->space_cv_.notify_all();
 }
@@ -110,8 +141,15 @@ Status Producer::failure_for(const std::string& topic, rd_kafka_resp_err_t err) 
   return {code, text};
 }
 
+rd_kafka_topic_t* Producer::ready_topic(const std::string& topic) {
+  std::shared_lock lock(ready_mutex_);
+  auto it = ready_.find(topic);
+  return it == ready_.end() ? nullptr : it->second.get();
+}
+
 void Producer::publish(const std::string& topic, std::vector<Message> messages, PublishCallback done, bool internal) {
-  if (!valid_name(topic))
+  rd_kafka_topic_t* rkt = ready_topic(topic);
+  if (!rkt && !valid_name(topic))
     throw Error(Errc::invalid_argument,
                 "topic '" + topic + "' is not valid: use 1 to 200 characters from A-Z a-z 0-9 . _ -");
   for (auto& m : messages) stamp(m);
@@ -124,14 +162,23 @@ void Producer::publish(const std::string& topic, std::vector<Message> messages, 
   };
   if (closed_ || (!internal && publisher_closed_)) return fail(closed_status());
   if (messages.empty()) return fail(Status::success());
-  if (Status s = ensure_topic(topic); !s.ok()) return fail(s);
+  if (!rkt) {
+    if (Status s = ensure_topic(topic); !s.ok()) return fail(s);
+    rkt = ready_topic(topic);
+  }
 
-  std::shared_lock gate(gate_);
+  // close() sets closed_ and then waits for active_ to reach 0; this increments active_
+  // and then reads closed_ (both sequentially consistent), so one of the two sees the other.
+  active_.fetch_add(1);
+  struct Leave {
+    std::atomic<int>& active;
+    ~Leave() { active.fetch_sub(1); }
+  } leave{active_};
   if (closed_ || (!internal && publisher_closed_)) return fail(closed_status());
-  auto* batch = new Batch;
+  Batch* batch = take_batch();
   batch->done = std::move(done);
   batch->remaining = messages.size();
-  const auto deadline = SteadyClock::now() + options_.publish_timeout;
+  std::optional<SteadyClock::time_point> deadline;  // for room in the queue; set when first short of it
   for (const auto& m : messages) {
     HeadersPtr headers(rd_kafka_headers_new(m.headers.size() + 1));
     rd_kafka_header_add(headers.get(), kIdHeader, -1, m.id.data(), static_cast<ssize_t>(m.id.size()));
@@ -144,7 +191,7 @@ void Producer::publish(const std::string& topic, std::vector<Message> messages, 
     while (true) {
       batch->refs.fetch_add(1);
       rd_kafka_resp_err_t err =
-          rd_kafka_producev(handle_.get(), RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_KEY(key, key_len),
+          rd_kafka_producev(handle_.get(), RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_KEY(key, key_len),
                             RD_KAFKA_V_VALUE(const_cast<char*>(m.payload.data()), m.payload.size()),
                             RD_KAFKA_V_HEADERS(headers.get()), RD_KAFKA_V_TIMESTAMP(to_unix_ms(m.timestamp)),
                             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(batch), RD_KAFKA_V_END);
@@ -153,11 +200,12 @@ void Producer::publish(const std::string& topic, std::vector<Message> messages, 
         break;
       }
       batch->refs.fetch_sub(1);
-      if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !closed_ && SteadyClock::now() < deadline) {
+      if (!deadline) deadline = SteadyClock::now() + options_.publish_timeout;
+      if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !closed_ && SteadyClock::now() < *deadline) {
         ++space_waiters_;
         {
           std::unique_lock lock(space_mutex_);
-          space_cv_.wait_for(lock, std::min(Ms{10}, Ms{ms_left(deadline) + 1}));
+          space_cv_.wait_for(lock, std::min(Ms{10}, Ms{ms_left(*deadline) + 1}));
         }
         --space_waiters_;
         continue;
@@ -178,11 +226,10 @@ void Producer::publish(const std::string& topic, std::vector<Message> messages, 
       break;
     }
   }
-  batch->release();
+  release(batch);
 }
 
 Status Producer::ensure_topic(const std::string& topic) {
-  if (options_.create_topics == TopicCreation::off) return {};
   {
     std::shared_lock lock(ready_mutex_);
     if (ready_.count(topic)) return {};
@@ -204,14 +251,28 @@ Status Producer::ensure_topic(const std::string& topic) {
   if (!mine) return future.get();
   Status s;
   try {
-    s = options_.create_topics == TopicCreation::admin ? create_topic(topic)
-                                                       : wait_visible(topic, options_.admin_timeout, false);
+    switch (options_.create_topics) {
+      case TopicCreation::off:
+        break;  // publishes go to it as it is
+      case TopicCreation::admin:
+        s = create_topic(topic);
+        break;
+      case TopicCreation::auto_create:
+        s = wait_visible(topic, options_.admin_timeout, false);
+        break;
+    }
   } catch (const std::exception& e) {
     s = {Errc::internal, e.what()};
   }
   if (s.ok()) {
-    std::unique_lock lock(ready_mutex_);
-    ready_.insert(topic);
+    TopicPtr handle(rd_kafka_topic_new(handle_.get(), topic.c_str(), nullptr));
+    if (!handle) {
+      s = {Errc::internal, "cannot make a handle for topic '" + topic + "': " +
+                               rd_kafka_err2str(rd_kafka_last_error())};
+    } else {
+      std::unique_lock lock(ready_mutex_);
+      ready_.try_emplace(topic, std::move(handle));
+    }
   }
   {
     std::lock_guard lock(topics_mutex_);
@@ -309,10 +370,14 @@ Status Producer::ping(Ms timeout) {
   return {};
 }
 
+void Producer::wait_for_publishes() {
+  while (active_.load() > 0) std::this_thread::sleep_for(Ms{1});
+}
+
 void Producer::close_publisher() {
   publisher_closed_ = true;
   space_cv_.notify_all();
-  { std::unique_lock barrier(gate_); }
+  wait_for_publishes();
   if (!closed_) rd_kafka_flush(handle_.get(), static_cast<int>(options_.publish_timeout.count()));
 }
 
@@ -333,7 +398,7 @@ void Producer::close() {
   closed_ = true;
   publisher_closed_ = true;
   space_cv_.notify_all();
-  { std::unique_lock barrier(gate_); }
+  wait_for_publishes();
   flush_and_purge();
   stop_poller_ = true;
   if (poller_.joinable()) poller_.join();

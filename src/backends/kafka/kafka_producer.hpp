@@ -11,7 +11,6 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "ferry/publisher.hpp"
@@ -57,6 +56,10 @@ class Producer {
   Status create_topic(const std::string& topic);
   Status wait_visible(const std::string& topic, Ms timeout, bool once);
   Status failure_for(const std::string& topic, rd_kafka_resp_err_t err) const;
+  rd_kafka_topic_t* ready_topic(const std::string& topic);
+  void wait_for_publishes();
+  Batch* take_batch();
+  void release(Batch* batch) noexcept;
   void flush_and_purge();
 
   Options options_;
@@ -66,16 +69,21 @@ class Producer {
   std::atomic<bool> stop_poller_{false};
   std::atomic<bool> publisher_closed_{false};
   std::atomic<bool> closed_{false};
-  std::shared_mutex gate_;  // shared while producing; exclusive to wait them out on close
+  std::atomic<int> active_{0};  // publish() calls queueing messages; close waits them out
 
   std::mutex space_mutex_;
   std::condition_variable space_cv_;
   std::atomic<int> space_waiters_{0};
 
   std::shared_mutex ready_mutex_;
-  std::unordered_set<std::string> ready_;  // topics known to exist: the fast path
+  // Topics made sure of, with the handle publishes use: the fast path. Declared after
+  // handle_, so the topic handles go before the rd_kafka_t.
+  std::unordered_map<std::string, TopicPtr> ready_;
   std::mutex topics_mutex_;
   std::unordered_map<std::string, std::shared_future<Status>> topics_;  // being made sure of
+
+  std::mutex spare_mutex_;
+  std::vector<Batch*> spare_;  // batches done with, for reuse
 
   std::mutex close_mutex_;
   bool shut_down_ = false;
