@@ -637,7 +637,11 @@ void Member::on_assign(rd_kafka_topic_partition_list_t* partitions) {
       }
       if (known) p.sent_offset = elem.offset;
       if (known && elem.metadata) p.sent_metadata.assign(static_cast<const char*>(elem.metadata), elem.metadata_size);
-      elem.offset = known ? elem.offset : RD_KAFKA_OFFSET_INVALID;
+      // Read, and nothing committed: from the start (ferry's auto.offset.reset is
+      // earliest), said here, or librdkafka asks the coordinator again before its first
+      // fetch (~100 ms on a new group). Not read: librdkafka asks again.
+      const bool none = !err && !elem.err && elem.offset == RD_KAFKA_OFFSET_INVALID;
+      elem.offset = known ? elem.offset : none ? RD_KAFKA_OFFSET_BEGINNING : RD_KAFKA_OFFSET_INVALID;
       partitions_.insert_or_assign(elem.partition, std::move(p));
     }
     joined_ = true;
