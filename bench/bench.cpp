@@ -22,11 +22,6 @@ std::int64_t steady_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now().time_since_epoch()).count();
 }
 
-double percentile(std::vector<double>& sorted, double p) {
-  if (sorted.empty()) return 0;
-  auto index = static_cast<std::size_t>(p * static_cast<double>(sorted.size() - 1) + 0.5);
-  return sorted[std::min(index, sorted.size() - 1)];
-}
 
 // Bounds the publishes in flight of one producer (one thread acquires, confirmations
 // release from any thread). A full window resumes once an eighth of it is free again, so
@@ -116,6 +111,12 @@ void Config::validate() const {
   if (rate < 0) bad("--rate must not be negative");
   if (warmup_s < 0) bad("--warmup must not be negative");
   if (size > 64 * 1024 * 1024) bad("--size must be at most 64 MiB");
+}
+
+double percentile(const std::vector<double>& sorted, double p) {
+  if (sorted.empty()) return 0;
+  auto index = static_cast<std::size_t>(p * static_cast<double>(sorted.size() - 1) + 0.5);
+  return sorted[std::min(index, sorted.size() - 1)];
 }
 
 Result run(const Config& config) {

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <iosfwd>
 #include <string>
+#include <vector>
 
 namespace ferry::bench {
 
@@ -44,6 +45,9 @@ struct Result {
   double p99_with_warmup_ms = 0;
   std::string first_error;
 };
+
+// The p-quantile (0..1) of ascending values, nearest rank; 0 when empty.
+double percentile(const std::vector<double>& sorted, double p);
 
 Result run(const Config& config);
 void print_text(std::ostream& out, const Config& config, const Result& result);

@@ -159,12 +159,6 @@ struct Latency {
   double p50 = 0, p99 = 0, p999 = 0, max = 0;
 };
 
-double percentile(const std::vector<double>& sorted, double p) {
-  if (sorted.empty()) return 0;
-  auto index = static_cast<std::size_t>(p * static_cast<double>(sorted.size() - 1) + 0.5);
-  return sorted[std::min(index, sorted.size() - 1)];
-}
-
 // End-to-end latency with librdkafka alone, as ferry's is measured: one producer at a
 // fixed rate stamping the send time in a header, one consumer of a group polling and
 // committing nothing, with the consumer settings ferry uses (plus the URL's
@@ -240,9 +234,9 @@ Latency raw_end_to_end(const std::string& bootstrap, const std::string& topic, s
   std::sort(latencies.begin(), latencies.end());
   Latency result;
   result.received = latencies.size();
-  result.p50 = percentile(latencies, 0.50);
-  result.p99 = percentile(latencies, 0.99);
-  result.p999 = percentile(latencies, 0.999);
+  result.p50 = ferry::bench::percentile(latencies, 0.50);
+  result.p99 = ferry::bench::percentile(latencies, 0.99);
+  result.p999 = ferry::bench::percentile(latencies, 0.999);
   result.max = latencies.empty() ? 0 : latencies.back();
   return result;
 }
