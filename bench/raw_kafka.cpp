@@ -24,6 +24,7 @@
 // has received a first message.
 
 #include <librdkafka/rdkafka.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
@@ -241,6 +242,14 @@ Latency raw_end_to_end(const std::string& bootstrap, const std::string& topic, s
   return result;
 }
 
+// CPU time (user and system, every thread of the process) since some fixed point.
+double cpu_seconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const std::size_t n = v.size();
@@ -298,10 +307,21 @@ int main(int argc, char** argv) {
   // msg/s per round: raw, raw+headers, ferry, ferry batch 100.
   std::vector<double> bare_rates, header_rates, ferry_rates, batched_rates;
   std::vector<double> ferry_ratios, batched_ratios;  // ÷ raw+headers of the same round
+  // CPU time of the whole process per message (µs), mock brokers included, per round.
+  std::vector<double> bare_cpu, header_cpu, ferry_cpu, batched_cpu;
   for (std::uint64_t r = 0; r < rounds; ++r) {
     const std::string suffix = ferry::make_uuid().substr(0, 8);
+    double cpu = cpu_seconds();
+    auto cpu_us_per_message = [&] {
+      const double now = cpu_seconds();
+      const double us = (now - cpu) * 1e6 / static_cast<double>(messages);
+      cpu = now;
+      return us;
+    };
     RawResult bare = raw_publish(bootstrap, "raw-bare-" + suffix, messages, size, false);
+    bare_cpu.push_back(cpu_us_per_message());
     RawResult headers = raw_publish(bootstrap, "raw-headers-" + suffix, messages, size, true);
+    header_cpu.push_back(cpu_us_per_message());
     ferry::bench::Config config;
     config.broker = url;
     config.messages = messages;
@@ -312,9 +332,11 @@ int main(int argc, char** argv) {
     config.batch = 1;
     config.topic = "ferry-" + suffix;
     ferry::bench::Result f = ferry::bench::run(config);
+    ferry_cpu.push_back(cpu_us_per_message());
     config.batch = 100;
     config.topic += "-batched";
     ferry::bench::Result b = ferry::bench::run(config);
+    batched_cpu.push_back(cpu_us_per_message());
     std::cout << std::fixed << std::setprecision(0) << "round " << r + 1 << ": raw " << bare.msgs_per_s()
               << " msg/s, raw+headers " << headers.msgs_per_s() << " msg/s, ferry " << f.publish_msgs_per_s
               << " msg/s, ferry batch 100 " << b.publish_msgs_per_s << " msg/s (" << f.publish_errors + b.publish_errors
@@ -335,7 +357,10 @@ int main(int argc, char** argv) {
             << " msg/s\n"
             << std::setprecision(3) << "ratio ferry/raw+headers: best " << best(ferry_rates) / best(header_rates)
             << ", median of rounds " << median(ferry_ratios) << "; batch 100: best "
-            << best(batched_rates) / best(header_rates) << ", median of rounds " << median(batched_ratios) << "\n";
+            << best(batched_rates) / best(header_rates) << ", median of rounds " << median(batched_ratios) << "\n"
+            << std::setprecision(2) << "cpu per message (median, whole process): raw " << median(bare_cpu)
+            << " us, raw+headers " << median(header_cpu) << " us, ferry " << median(ferry_cpu) << " us, ferry batch 100 "
+            << median(batched_cpu) << " us\n";
 
   if (latency_messages > 0 && rate > 0) {
     ferry::bench::Config config;

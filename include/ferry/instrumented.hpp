@@ -24,9 +24,14 @@ class InstrumentedPublisher : public Publisher {
  public:
   InstrumentedPublisher(Publisher& inner, metrics::Registry& registry, std::string backend);
   void publish_batch_async(const std::string& topic, std::vector<Message> messages, PublishCallback done) override;
+  void publish_async(const std::string& topic, Message message, PublishCallback done) override;
   void close() override { inner_.close(); }
 
  private:
+  // Calls `publish` with `done` wrapped to count `count` messages and time the call.
+  template <class Publish>
+  void counted(const std::string& topic, std::size_t count, PublishCallback done, Publish publish);
+
   Publisher& inner_;
   std::string backend_;
   metrics::Family<metrics::Counter>& published_;

@@ -31,11 +31,14 @@ class Publisher {
   virtual void publish_batch_async(const std::string& topic, std::vector<Message> messages,
                                    PublishCallback done) = 0;
 
+  // Publishes one message, as a batch of one. Backends whose client takes messages one
+  // by one override it to spare the batch's vector.
+  virtual void publish_async(const std::string& topic, Message message, PublishCallback done);
+
   // Completes every publish already started; later publishes fail with Errc::closed.
   virtual void close() = 0;
 
-  // Conveniences over publish_batch_async.
-  void publish_async(const std::string& topic, Message message, PublishCallback done);
+  // Conveniences over publish_async and publish_batch_async.
   std::future<Status> publish_future(const std::string& topic, Message message);
   // Blocking: returns once confirmed; throws ferry::Error on failure.
   void publish(const std::string& topic, Message message);

@@ -17,25 +17,39 @@ InstrumentedPublisher::InstrumentedPublisher(Publisher& inner, metrics::Registry
       duration_(registry.histogram("ferry_publish_duration_seconds", "From publish call to confirmation.",
                                    {"backend", "topic"})) {}
 
-void InstrumentedPublisher::publish_batch_async(const std::string& topic, std::vector<Message> messages,
-                                                PublishCallback done) {
+template <class Publish>
+void InstrumentedPublisher::counted(const std::string& topic, std::size_t count, PublishCallback done,
+                                    Publish publish) {
   auto start = std::chrono::steady_clock::now();
-  auto count = static_cast<double>(messages.size());
   metrics::Labels labels{backend_, topic};
   auto* published = &published_.labels(labels);
   auto* errors = &errors_.labels(labels);
   auto* duration = &duration_.labels(labels);
+  const auto n = static_cast<double>(count);
   try {
-    inner_.publish_batch_async(topic, std::move(messages),
-                               [=, done = std::move(done)](const Status& s) {
-                                 duration->observe(std::chrono::steady_clock::now() - start);
-                                 (s.ok() ? published : errors)->inc(count);
-                                 if (done) done(s);
-                               });
+    publish([=, done = std::move(done)](const Status& s) {
+      duration->observe(std::chrono::steady_clock::now() - start);
+      (s.ok() ? published : errors)->inc(n);
+      if (done) done(s);
+    });
   } catch (...) {
-    errors->inc(count);
+    errors->inc(n);
     throw;
   }
+}
+
+void InstrumentedPublisher::publish_batch_async(const std::string& topic, std::vector<Message> messages,
+                                                PublishCallback done) {
+  const std::size_t count = messages.size();
+  counted(topic, count, std::move(done), [&](PublishCallback wrapped) {
+    inner_.publish_batch_async(topic, std::move(messages), std::move(wrapped));
+  });
+}
+
+void InstrumentedPublisher::publish_async(const std::string& topic, Message message, PublishCallback done) {
+  counted(topic, 1, std::move(done), [&](PublishCallback wrapped) {
+    inner_.publish_async(topic, std::move(message), std::move(wrapped));
+  });
 }
 
 namespace {

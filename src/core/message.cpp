@@ -46,17 +46,23 @@ std::string make_uuid() {
   hi = (hi & ~0xf000ULL) | 0x4000ULL;                       // version 4
   lo = (lo & ~(0xc0ULL << 56)) | (0x80ULL << 56);           // RFC 4122 variant
   static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(36);
-  auto emit = [&](std::uint64_t word, int from_nibble, int count) {
-    for (int i = 0; i < count; ++i) out.push_back(digits[(word >> (60 - 4 * (from_nibble + i))) & 0xf]);
+  // 8-4-4-4-12 hex digits: hi gives the first 16, lo the last 16.
+  char text[36];
+  int at = 0;
+  auto emit = [&](std::uint64_t word, int nibbles) {
+    for (int i = 0; i < nibbles; ++i, word <<= 4) text[at++] = digits[word >> 60];
+    return word;
   };
-  emit(hi, 0, 8); out.push_back('-');
-  emit(hi, 8, 4); out.push_back('-');
-  emit(hi, 12, 4); out.push_back('-');
-  emit(lo, 0, 4); out.push_back('-');
-  emit(lo, 4, 12);
-  return out;
+  hi = emit(hi, 8);
+  text[at++] = '-';
+  hi = emit(hi, 4);
+  text[at++] = '-';
+  emit(hi, 4);
+  text[at++] = '-';
+  lo = emit(lo, 4);
+  text[at++] = '-';
+  emit(lo, 12);
+  return std::string(text, sizeof text);
 }
 
 std::int64_t to_unix_ms(Clock::time_point t) noexcept {

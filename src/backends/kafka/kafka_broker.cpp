@@ -25,7 +25,10 @@ class KafkaPublisher : public Publisher {
  public:
   explicit KafkaPublisher(std::shared_ptr<Producer> producer) : producer_(std::move(producer)) {}
   void publish_batch_async(const std::string& topic, std::vector<Message> messages, PublishCallback done) override {
-    producer_->publish(topic, std::move(messages), std::move(done));
+    producer_->publish(topic, messages, std::move(done));
+  }
+  void publish_async(const std::string& topic, Message message, PublishCallback done) override {
+    producer_->publish(topic, {&message, 1}, std::move(done));
   }
   void close() override { producer_->close_publisher(); }
 

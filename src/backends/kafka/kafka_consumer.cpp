@@ -394,9 +394,7 @@ void Member::settle(Subscription& sub, std::uint64_t token, Outcome outcome, Ms 
     if (auto self = weak.lock()) self->dead_lettered(p, o, token, s);
   };
   try {
-    std::vector<Message> batch;
-    batch.push_back(std::move(*dead_letter));
-    producer_->publish(sub.dead_letter_topic(), std::move(batch), done, true);
+    producer_->publish(sub.dead_letter_topic(), {&*dead_letter, 1}, done, true);
   } catch (const std::exception& e) {
     dead_lettered(p, o, token, Status{Errc::internal, e.what()});
   }

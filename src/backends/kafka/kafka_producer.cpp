@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
 
 #include "ferry/subscriber.hpp"
@@ -14,6 +15,22 @@ using SteadyClock = std::chrono::steady_clock;
 
 constexpr const char* kIdHeader = "ferry-id";
 constexpr std::size_t kMaxSpareBatches = 4096;
+constexpr std::size_t kReturnBunch = 64;
+
+// The producer whose poller runs on this thread, if any.
+thread_local const void* polling_for = nullptr;
+
+// Producers are numbered, never reusing a number, for the per-thread topic cache below.
+std::atomic<std::uint64_t> producers_made{0};
+
+// The topic this thread last published to and its handle, by producer number: a thread
+// publishing to one topic again and again takes no lock to find the handle.
+struct LastTopic {
+  std::uint64_t producer = 0;
+  std::string topic;
+  rd_kafka_topic_t* handle = nullptr;
+};
+thread_local LastTopic last_topic;
 
 int ms_left(SteadyClock::time_point deadline) {
   auto left = std::chrono::duration_cast<Ms>(deadline - SteadyClock::now()).count();
@@ -24,7 +41,9 @@ int ms_left(SteadyClock::time_point deadline) {
 
 // One publish_batch: completes once, with ok when every message is reported delivered or
 // with the first failure. Each message queued in librdkafka holds a reference, and so
-// does the publishing call while it queues them.
+// does the publishing call while it queues them; the call takes them all at the start and
+// gives back those of messages it could not queue, so that it does not write to the
+// batch for every message while the poller thread writes to it too.
 struct Producer::Batch {
   std::atomic<int> refs{1};
   std::atomic<std::size_t> remaining{0};
@@ -59,24 +78,41 @@ Producer::Batch* Producer::take_batch() {
 // The last reference returns the batch to the spares: a batch is made on the publishing
 // thread and let go on the poller's, and reusing it spares both threads the allocator's
 // cross-thread locking at every publish.
-void Producer::release(Batch* batch) noexcept {
-  if (batch->refs.fetch_sub(1) != 1) return;
+void Producer::release(Batch* batch, int refs) noexcept {
+  if (batch->refs.fetch_sub(refs) != refs) return;
   batch->done = nullptr;
   batch->refs = 1;
   batch->remaining = 0;
   batch->completed = false;
-  {
-    std::lock_guard lock(spare_mutex_);
-    if (spare_.size() < kMaxSpareBatches) {
-      spare_.push_back(batch);
-      return;
+  if (polling_for == this) {
+    returned_.push_back(batch);
+    if (returned_.size() >= kReturnBunch) {
+      give_back(returned_);
+      returned_.clear();
     }
+    return;
   }
-  delete batch;
+  Batch* one[] = {batch};
+  give_back(one);
 }
 
-Producer::Producer(const Options& options) : options_(options), errors_("producer " + options.masked_url, this) {
+void Producer::give_back(std::span<Batch*> batches) noexcept {
+  std::size_t kept = 0;
+  {
+    std::lock_guard lock(spare_mutex_);
+    kept = std::min(batches.size(), kMaxSpareBatches - std::min(kMaxSpareBatches, spare_.size()));
+    spare_.insert(spare_.end(), batches.begin(), batches.begin() + static_cast<std::ptrdiff_t>(kept));
+  }
+  for (std::size_t i = kept; i < batches.size(); ++i) delete batches[i];
+}
+
+Producer::Producer(const Options& options)
+    : options_(options), number_(producers_made.fetch_add(1) + 1), errors_("producer " + options.masked_url, this) {
   ConfPtr conf = options_.producer_conf();
+  char limit[32] = {0};
+  std::size_t limit_size = sizeof limit;
+  if (rd_kafka_conf_get(conf.get(), "queue.buffering.max.messages", limit, &limit_size) == RD_KAFKA_CONF_OK)
+    room_step_ = static_cast<int>(std::clamp<long>(std::strtol(limit, nullptr, 10) / 16, 1, 1024));
   install_callbacks(conf.get(), &errors_);
   rd_kafka_conf_set_dr_msg_cb(conf.get(), &Producer::on_delivery);
   char errstr[512] = {0};
@@ -86,8 +122,10 @@ Producer::Producer(const Options& options) : options_(options), errors_("produce
                 "cannot configure the Kafka producer for " + options_.masked_url + ": " + errstr);
   conf.release();  // rd_kafka_new took it
   handle_.reset(rk);
+  returned_.reserve(kReturnBunch);
   poller_ = std::thread([this] {
     name_thread("ferry-kafka-dr");
+    polling_for = this;
     while (!stop_poller_) rd_kafka_poll(handle_.get(), 100);
   });
 }
@@ -95,6 +133,7 @@ Producer::Producer(const Options& options) : options_(options), errors_("produce
 Producer::~Producer() {
   close();
   for (Batch* batch : spare_) delete batch;
+  for (Batch* batch : returned_) delete batch;
 }
 
 void Producer::on_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void* opaque) {
@@ -109,7 +148,13 @@ void Producer::on_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void*
     }
     self->release(batch);
   }
-  if (self->space_waiters_ > 0) self->space_cv_.notify_all();
+  // A publish waiting for room in librdkafka's queue is woken once a bunch of messages
+  // are done with (librdkafka counts a message out only after this returns, so waking it
+  // for each would mostly have it find the queue still full).
+  if (self->space_waiters_ > 0 && self->freed_.fetch_add(1) + 1 >= self->room_step_) {
+    self->freed_ = 0;
+    self->space_cv_.notify_all();
+  }
 }
 
 Status Producer::failure_for(const std::string& topic, rd_kafka_resp_err_t err) const {
@@ -142,12 +187,20 @@ Status Producer::failure_for(const std::string& topic, rd_kafka_resp_err_t err) 
 }
 
 rd_kafka_topic_t* Producer::ready_topic(const std::string& topic) {
-  std::shared_lock lock(ready_mutex_);
-  auto it = ready_.find(topic);
-  return it == ready_.end() ? nullptr : it->second.get();
+  if (last_topic.producer == number_ && last_topic.topic == topic) return last_topic.handle;
+  rd_kafka_topic_t* handle = nullptr;
+  {
+    std::shared_lock lock(ready_mutex_);
+    auto it = ready_.find(topic);
+    if (it == ready_.end()) return nullptr;
+    handle = it->second.get();
+  }
+  // ready_ keeps every handle until the producer is destroyed.
+  last_topic = {number_, topic, handle};
+  return handle;
 }
 
-void Producer::publish(const std::string& topic, std::vector<Message> messages, PublishCallback done, bool internal) {
+void Producer::publish(const std::string& topic, std::span<Message> messages, PublishCallback done, bool internal) {
   rd_kafka_topic_t* rkt = ready_topic(topic);
   if (!rkt && !valid_name(topic))
     throw Error(Errc::invalid_argument,
@@ -178,6 +231,8 @@ void Producer::publish(const std::string& topic, std::vector<Message> messages, 
   Batch* batch = take_batch();
   batch->done = std::move(done);
   batch->remaining = messages.size();
+  batch->refs = 1 + static_cast<int>(messages.size());
+  std::size_t queued = 0;
   std::optional<SteadyClock::time_point> deadline;  // for room in the queue; set when first short of it
   for (const auto& m : messages) {
     HeadersPtr headers(rd_kafka_headers_new(m.headers.size() + 1));
@@ -189,7 +244,6 @@ void Producer::publish(const std::string& topic, std::vector<Message> messages, 
     const std::size_t key_len = m.key ? m.key->size() : 0;
     Status failure;
     while (true) {
-      batch->refs.fetch_add(1);
       rd_kafka_resp_err_t err =
           rd_kafka_producev(handle_.get(), RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_KEY(key, key_len),
                             RD_KAFKA_V_VALUE(const_cast<char*>(m.payload.data()), m.payload.size()),
@@ -197,9 +251,9 @@ void Producer::publish(const std::string& topic, std::vector<Message> messages, 
                             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(batch), RD_KAFKA_V_END);
       if (!err) {
         headers.release();  // librdkafka owns them now
+        ++queued;
         break;
       }
-      batch->refs.fetch_sub(1);
       if (!deadline) deadline = SteadyClock::now() + options_.publish_timeout;
       if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !closed_ && SteadyClock::now() < *deadline) {
         ++space_waiters_;
@@ -226,7 +280,7 @@ void Producer::publish(const std::string& topic, std::vector<Message> messages, 
       break;
     }
   }
-  release(batch);
+  release(batch, 1 + static_cast<int>(messages.size() - queued));
 }
 
 Status Producer::ensure_topic(const std::string& topic) {

@@ -8,6 +8,7 @@
 #include <future>
 #include <mutex>
 #include <shared_mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -28,10 +29,11 @@ class Producer {
   Producer(const Producer&) = delete;
   Producer& operator=(const Producer&) = delete;
 
-  // Stamps and publishes; `done` runs once (on the poller thread, or on the caller's
-  // thread for a failure known at once). Throws Error(invalid_argument) for an invalid
-  // topic name. `internal` publishes (dead letters) still work after close_publisher().
-  void publish(const std::string& topic, std::vector<Message> messages, PublishCallback done, bool internal = false);
+  // Stamps and publishes (librdkafka copies the messages: they are the caller's again when
+  // this returns); `done` runs once (on the poller thread, or on the caller's thread for a
+  // failure known at once). Throws Error(invalid_argument) for an invalid topic name.
+  // `internal` publishes (dead letters) still work after close_publisher().
+  void publish(const std::string& topic, std::span<Message> messages, PublishCallback done, bool internal = false);
 
   // Makes sure the topic exists (see create_topics), once per topic and process handle.
   Status ensure_topic(const std::string& topic);
@@ -59,10 +61,13 @@ class Producer {
   rd_kafka_topic_t* ready_topic(const std::string& topic);
   void wait_for_publishes();
   Batch* take_batch();
-  void release(Batch* batch) noexcept;
+  // Drops `refs` references; the last returns the batch to the spares.
+  void release(Batch* batch, int refs = 1) noexcept;
+  void give_back(std::span<Batch*> batches) noexcept;
   void flush_and_purge();
 
   Options options_;
+  const std::uint64_t number_;
   ErrorLog errors_;
   HandlePtr handle_;
   std::thread poller_;
@@ -74,6 +79,8 @@ class Producer {
   std::mutex space_mutex_;
   std::condition_variable space_cv_;
   std::atomic<int> space_waiters_{0};
+  std::atomic<int> freed_{0};  // messages delivered since waiters were last woken
+  int room_step_ = 1;          // how many to wake them after: a sixteenth of the queue's bound
 
   std::shared_mutex ready_mutex_;
   // Topics made sure of, with the handle publishes use: the fast path. Declared after
@@ -84,6 +91,9 @@ class Producer {
 
   std::mutex spare_mutex_;
   std::vector<Batch*> spare_;  // batches done with, for reuse
+  // Batches the poller thread let go of, handed to spare_ in bunches: the poller and a
+  // publishing thread do not meet at spare_mutex_ for every message. Poller thread only.
+  std::vector<Batch*> returned_;
 
   std::mutex close_mutex_;
   bool shut_down_ = false;
