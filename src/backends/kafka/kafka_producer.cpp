@@ -14,7 +14,6 @@ namespace {
 using SteadyClock = std::chrono::steady_clock;
 
 constexpr const char* kIdHeader = "ferry-id";
-constexpr std::size_t kMaxSpareBatches = 4096;
 constexpr std::size_t kReturnBunch = 64;
 
 // The producer whose poller runs on this thread, if any.
@@ -100,7 +99,7 @@ void Producer::give_back(std::span<Batch*> batches) noexcept {
   std::size_t kept = 0;
   {
     std::lock_guard lock(spare_mutex_);
-    kept = std::min(batches.size(), kMaxSpareBatches - std::min(kMaxSpareBatches, spare_.size()));
+    kept = std::min(batches.size(), max_spare_ - std::min(max_spare_, spare_.size()));
     spare_.insert(spare_.end(), batches.begin(), batches.begin() + static_cast<std::ptrdiff_t>(kept));
   }
   for (std::size_t i = kept; i < batches.size(); ++i) delete batches[i];
@@ -111,8 +110,11 @@ Producer::Producer(const Options& options)
   ConfPtr conf = options_.producer_conf();
   char limit[32] = {0};
   std::size_t limit_size = sizeof limit;
-  if (rd_kafka_conf_get(conf.get(), "queue.buffering.max.messages", limit, &limit_size) == RD_KAFKA_CONF_OK)
-    room_step_ = static_cast<int>(std::clamp<long>(std::strtol(limit, nullptr, 10) / 16, 1, 1024));
+  if (rd_kafka_conf_get(conf.get(), "queue.buffering.max.messages", limit, &limit_size) == RD_KAFKA_CONF_OK) {
+    const long messages = std::max(1L, std::strtol(limit, nullptr, 10));
+    room_step_ = static_cast<int>(std::clamp<long>(messages / 16, 1, 1024));
+    max_spare_ = static_cast<std::size_t>(messages);
+  }
   install_callbacks(conf.get(), &errors_);
   rd_kafka_conf_set_dr_msg_cb(conf.get(), &Producer::on_delivery);
   char errstr[512] = {0};

@@ -91,6 +91,9 @@ class Producer {
 
   std::mutex spare_mutex_;
   std::vector<Batch*> spare_;  // batches done with, for reuse
+  // At most as many as librdkafka's queue holds messages: no more batches than that are
+  // ever in flight at once, so that one-message publishes at the queue's bound need none new.
+  std::size_t max_spare_ = 4096;
   // Batches the poller thread let go of, handed to spare_ in bunches: the poller and a
   // publishing thread do not meet at spare_mutex_ for every message. Poller thread only.
   std::vector<Batch*> returned_;
