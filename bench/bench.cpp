@@ -184,20 +184,20 @@ Result run(const Config& config) {
           std::this_thread::sleep_until(due);
         }
         std::string now = std::to_string(steady_ns());
-        auto message = [&] {
+        auto message = [&](std::string sent) {
           Message m;
           m.payload = payload;
-          m.headers.emplace(kSentHeader, now);
+          m.headers.emplace(kSentHeader, std::move(sent));
           return m;
         };
         lane.window.acquire(n);
         try {
           if (n == 1) {
-            broker->publisher().publish_async(topic, message(), Done{&lane, n});
+            broker->publisher().publish_async(topic, message(std::move(now)), Done{&lane, n});
           } else {
             std::vector<Message> batch;
             batch.reserve(static_cast<std::size_t>(n));
-            for (int i = 0; i < n; ++i) batch.push_back(message());
+            for (int i = 0; i < n; ++i) batch.push_back(message(now));
             broker->publisher().publish_batch_async(topic, std::move(batch), Done{&lane, n});
           }
         } catch (const std::exception& e) {

@@ -79,10 +79,11 @@ Producer::Batch* Producer::take_batch() {
 // cross-thread locking at every publish.
 void Producer::release(Batch* batch, int refs) noexcept {
   if (batch->refs.fetch_sub(refs) != refs) return;
+  // Nothing else holds the batch now, and it passes through spare_mutex_ before it is
+  // used again: plain stores will do.
   batch->done = nullptr;
-  batch->refs = 1;
-  batch->remaining = 0;
-  batch->completed = false;
+  batch->remaining.store(0, std::memory_order_relaxed);
+  batch->completed.store(false, std::memory_order_relaxed);
   if (polling_for == this) {
     returned_.push_back(batch);
     if (returned_.size() >= kReturnBunch) {
@@ -231,9 +232,11 @@ void Producer::publish(const std::string& topic, std::span<Message> messages, Pu
   } leave{active_};
   if (closed_ || (!internal && publisher_closed_)) return fail(closed_status());
   Batch* batch = take_batch();
+  // librdkafka hands each message to the poller thread under its own locks, after which
+  // the poller sees these stores.
   batch->done = std::move(done);
-  batch->remaining = messages.size();
-  batch->refs = 1 + static_cast<int>(messages.size());
+  batch->remaining.store(messages.size(), std::memory_order_relaxed);
+  batch->refs.store(1 + static_cast<int>(messages.size()), std::memory_order_relaxed);
   std::size_t queued = 0;
   std::optional<SteadyClock::time_point> deadline;  // for room in the queue; set when first short of it
   for (const auto& m : messages) {

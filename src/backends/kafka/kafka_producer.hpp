@@ -21,6 +21,8 @@
 namespace ferry::kafka::detail {
 
 class Producer {
+  static constexpr std::size_t kCacheLine = 64;
+
  public:
   // Creates the rd_kafka_t and starts the poller. Throws Error(invalid_argument) for a
   // configuration librdkafka refuses.
@@ -74,13 +76,16 @@ class Producer {
   std::atomic<bool> stop_poller_{false};
   std::atomic<bool> publisher_closed_{false};
   std::atomic<bool> closed_{false};
-  std::atomic<int> active_{0};  // publish() calls queueing messages; close waits them out
+  // What publishing threads write at every publish, what the poller thread writes at
+  // every delivery and what both read there are kept on cache lines of their own.
+  // publish() calls queueing messages; close waits them out.
+  alignas(kCacheLine) std::atomic<int> active_{0};
 
+  alignas(kCacheLine) std::atomic<int> space_waiters_{0};  // read at every delivery
+  int room_step_ = 1;  // wake waiters after this many deliveries: a sixteenth of the queue's bound
+  alignas(kCacheLine) std::atomic<int> freed_{0};  // messages delivered since waiters were last woken
   std::mutex space_mutex_;
   std::condition_variable space_cv_;
-  std::atomic<int> space_waiters_{0};
-  std::atomic<int> freed_{0};  // messages delivered since waiters were last woken
-  int room_step_ = 1;          // how many to wake them after: a sixteenth of the queue's bound
 
   std::shared_mutex ready_mutex_;
   // Topics made sure of, with the handle publishes use: the fast path. Declared after
@@ -89,14 +94,14 @@ class Producer {
   std::mutex topics_mutex_;
   std::unordered_map<std::string, std::shared_future<Status>> topics_;  // being made sure of
 
-  std::mutex spare_mutex_;
+  alignas(kCacheLine) std::mutex spare_mutex_;
   std::vector<Batch*> spare_;  // batches done with, for reuse
   // At most as many as librdkafka's queue holds messages: no more batches than that are
   // ever in flight at once, so that one-message publishes at the queue's bound need none new.
   std::size_t max_spare_ = 4096;
   // Batches the poller thread let go of, handed to spare_ in bunches: the poller and a
   // publishing thread do not meet at spare_mutex_ for every message. Poller thread only.
-  std::vector<Batch*> returned_;
+  alignas(kCacheLine) std::vector<Batch*> returned_;
 
   std::mutex close_mutex_;
   bool shut_down_ = false;
