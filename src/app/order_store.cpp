@@ -12,9 +12,10 @@
 #include <thread>
 
 #include "ferry/message.hpp"
-#include "sqlite_handle.hpp"
+#include "sqlite_db.hpp"
 
 namespace ferry::app {
+namespace sql = ferry::sqlite;
 namespace {
 
 constexpr const char* kFormat = "ferry-orders";
@@ -26,7 +27,7 @@ std::int64_t now_ms() {
 
 // Refuses a file that holds something other than an order store (a broker database,
 // say) before anything is written to it.
-void check_format(sql::Connection& db) {
+void check_format(sql::Db& db) {
   auto tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'");
   std::set<std::string> names;
   try {
@@ -52,7 +53,7 @@ void check_format(sql::Connection& db) {
                                           "'; this ferry reads " + kFormat + " version " + kVersion);
 }
 
-void create_schema(sql::Connection& db) {
+void create_schema(sql::Db& db) {
   db.exec("BEGIN IMMEDIATE");
   try {
     db.exec(R"sql(
@@ -87,7 +88,7 @@ void create_schema(sql::Connection& db) {
 // The writer thread's connection and statements.
 class Writer {
  public:
-  explicit Writer(sql::Connection db) : db_(std::move(db)) {
+  explicit Writer(sql::Db db) : db_(std::move(db)) {
     begin_ = db_.prepare("BEGIN IMMEDIATE");
     commit_ = db_.prepare("COMMIT");
     savepoint_ = db_.prepare("SAVEPOINT op");
@@ -168,18 +169,18 @@ class Writer {
   }
 
  private:
-  sql::Connection db_;
+  sql::Db db_;
   sql::Statement begin_, commit_, savepoint_, release_, rollback_to_, insert_key_, select_key_, key_done_,
       insert_accepted_, insert_processed_message_, upsert_processed_;
 };
 
 // A read connection with its statements; checked out of the pool by one thread at a time.
 struct Reader {
-  explicit Reader(sql::Connection c)
+  explicit Reader(sql::Db c)
       : db(std::move(c)),
         find(db.prepare("SELECT id, user_id, product_ids, state, created_at, processed_at FROM orders WHERE id = ?1")),
         ping(db.prepare("SELECT value FROM order_store_meta WHERE name = 'format'")) {}
-  sql::Connection db;
+  sql::Db db;
   sql::Statement find;
   sql::Statement ping;
 };
@@ -209,7 +210,7 @@ class OrderStore::Impl {
         throw Error(Errc::storage,
                     "cannot create directory " + p.parent_path().string() + " for the order store: " + ec.message());
     }
-    sql::Connection db(options_.path, true, busy_ms());
+    sql::Db db(options_.path, true, busy_ms());
     check_format(db);
     db.exec("PRAGMA journal_mode = WAL");
     db.exec(options_.sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
@@ -217,7 +218,7 @@ class OrderStore::Impl {
     check_format(db);
     // Checkpoints run on a thread of their own so that commits never wait for one.
     db.exec("PRAGMA wal_autocheckpoint = 0");
-    checkpoint_db_ = std::make_unique<sql::Connection>(options_.path, false, busy_ms());
+    checkpoint_db_ = std::make_unique<sql::Db>(options_.path, false, busy_ms());
     writer_ = std::make_unique<Writer>(std::move(db));
     thread_ = std::thread([this] {
       pthread_setname_np(pthread_self(), "order-store");
@@ -312,7 +313,7 @@ class OrderStore::Impl {
         return r;
       }
     }
-    return std::make_unique<Reader>(sql::Connection(options_.path, false, busy_ms()));
+    return std::make_unique<Reader>(sql::Db(options_.path, false, busy_ms()));
   }
 
   void checkin(std::unique_ptr<Reader> reader) {
@@ -390,7 +391,7 @@ class OrderStore::Impl {
   OrderStoreOptions options_;
   std::unique_ptr<Writer> writer_;
   std::thread thread_;
-  std::unique_ptr<sql::Connection> checkpoint_db_;
+  std::unique_ptr<sql::Db> checkpoint_db_;
   std::thread checkpointer_;
   std::condition_variable checkpoint_cv_;
   std::mutex mutex_;

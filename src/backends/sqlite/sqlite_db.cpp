@@ -22,6 +22,8 @@ Errc errc_for(int code) noexcept {
 
 void throw_sqlite(sqlite3* db, int code, std::string_view context) {
   std::string message = std::string(context) + ": " + (db ? sqlite3_errmsg(db) : sqlite3_errstr(code));
+  const char* file = db ? sqlite3_db_filename(db, "main") : nullptr;
+  if (file && *file && context.find(file) == std::string_view::npos) message += std::string(" (") + file + ")";
   if ((code & 0xff) == SQLITE_BUSY)
     message += " (another process holds the database's write lock; raise busy_timeout or retry)";
   else if ((code & 0xff) == SQLITE_FULL)
@@ -71,10 +73,12 @@ bool Statement::step() {
   fail(rc);
 }
 
-void Statement::run() {
+std::int64_t Statement::run() {
   while (step()) {
   }
+  const std::int64_t changed = sqlite3_changes64(db_);
   reset();
+  return changed;
 }
 
 void Statement::reset() noexcept {
@@ -98,13 +102,14 @@ std::string Statement::blob(int column) const {
 
 void Statement::fail(int code) const { throw_sqlite(db_, code, "database statement failed"); }
 
-Db::Db(const std::string& path, bool create) : path_(path) {
+Db::Db(const std::string& path, bool create, int busy_timeout_ms) : path_(path) {
   sqlite3* raw = nullptr;
   int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
   int rc = sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
   db_.reset(raw);
   if (rc != SQLITE_OK) throw_sqlite(raw, rc, "cannot open database " + path);
   sqlite3_extended_result_codes(raw, 1);
+  if (busy_timeout_ms > 0) sqlite3_busy_timeout(raw, busy_timeout_ms);
 }
 
 void Db::exec(std::string_view sql) {
@@ -114,7 +119,7 @@ void Db::exec(std::string_view sql) {
   if (rc != SQLITE_OK) {
     std::string message = err ? err : sqlite3_errstr(rc);
     sqlite3_free(err);
-    throw Error(errc_for(rc), "database " + path_ + ": " + message);
+    throw Error(errc_for(rc), "database " + path_ + ": '" + copy.substr(0, 60) + "' failed: " + message);
   }
 }
 

@@ -1,6 +1,7 @@
 #pragma once
-// RAII over sqlite3 handles, private to the sqlite backend. A Db and its Statements
-// belong to one thread at a time.
+// RAII over sqlite3 handles, private to ferry: the sqlite backend and the order service's
+// store (ferry_app) use it. A Db and its Statements belong to one thread at a time.
+// Failures throw ferry::Error with SQLite's message and the database file.
 
 #include <sqlite3.h>
 
@@ -37,8 +38,8 @@ class Statement {
 
   // Steps once: true while a row is available.
   bool step();
-  // Steps to completion, then resets for reuse.
-  void run();
+  // Steps to completion, then resets for reuse; returns the rows changed.
+  std::int64_t run();
   void reset() noexcept;
 
   std::int64_t int64(int column) const;
@@ -55,7 +56,8 @@ class Statement {
 class Db {
  public:
   // Opens (creating when allowed) the file; throws Error with the path and the reason.
-  Db(const std::string& path, bool create);
+  // A busy_timeout_ms above 0 makes statements wait that long for another connection's lock.
+  Db(const std::string& path, bool create, int busy_timeout_ms = 0);
   sqlite3* get() const noexcept { return db_.get(); }
   void exec(std::string_view sql);
   Statement prepare(std::string_view sql) { return Statement(db_.get(), sql); }
