@@ -18,6 +18,10 @@
 // the median of the rounds' own ratios (each ferry run against the raw run just before
 // it), which the machine's drift between rounds disturbs least.
 //
+// Each round also reports the CPU time of the whole process per message for the four runs
+// (user and system, every thread): with --bootstrap to a mock in another process, the
+// client's cost alone.
+//
 // Latency: `ferry bench` with one producer and one consumer at --rate, not counting the
 // messages of the first second (the group's first fetch; reported apart); then a raw
 // producer and a raw consumer of a group at the same rate, timed from once the consumer
