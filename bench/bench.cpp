@@ -22,7 +22,6 @@ std::int64_t steady_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now().time_since_epoch()).count();
 }
 
-
 // Bounds the publishes in flight of one producer (one thread acquires, confirmations
 // release from any thread). The producer counts what it acquired on its own and reads the
 // count released only when its last reading says the window is full, so the two threads

@@ -57,14 +57,26 @@ std::set<std::string> receive_all(Subscriber& sub, std::size_t expected, std::ch
   return payloads;
 }
 
+// A broker on the shared cluster with `extra` in its URL, a fresh topic with a subscriber,
+// and a first message ("first") published to it, so that the topic exists.
+struct TopicWithSubscriber {
+  std::shared_ptr<Broker> broker;
+  std::string topic;
+  std::unique_ptr<Subscriber> sub;
+
+  TopicWithSubscriber(const std::string& extra, const std::string& stem)
+      : broker((register_scheme(), Broker::open(url(extra)))),
+        topic(unique(stem)),
+        sub(broker->subscribe({.topic = topic, .group = unique("g")})) {
+    broker->publisher().publish(topic, Message::with_payload("first"));
+  }
+};
+
 TEST(KafkaProducer, PublishesBeyondTheQueueBoundWaitForRoomAndAllArrive) {
-  register_scheme();
   // librdkafka holds at most 32 unconfirmed messages: nearly every publish below waits
   // for room, and the waiting publishers must be woken as deliveries free it.
-  auto broker = Broker::open(url("&queue.buffering.max.messages=32&publish_timeout=30s"));
-  const std::string topic = unique("full");
-  auto sub = broker->subscribe({.topic = topic, .group = unique("g")});
-  broker->publisher().publish(topic, Message::with_payload("first"));
+  TopicWithSubscriber setup("&queue.buffering.max.messages=32&publish_timeout=30s", "full");
+  auto& [broker, topic, sub] = setup;
 
   constexpr int kThreads = 4, kEach = 500, kBatch = 200;
   Outcomes singles, batch;
@@ -97,11 +109,8 @@ TEST(KafkaProducer, PublishesBeyondTheQueueBoundWaitForRoomAndAllArrive) {
 }
 
 TEST(KafkaProducer, ABatchWithARefusedMessageFailsOnceAndDeliversWhatWasQueued) {
-  register_scheme();
-  auto broker = Broker::open(url("&message.max.bytes=10000"));
-  const std::string topic = unique("refused");
-  auto sub = broker->subscribe({.topic = topic, .group = unique("g")});
-  broker->publisher().publish(topic, Message::with_payload("first"));
+  TopicWithSubscriber setup("&message.max.bytes=10000", "refused");
+  auto& [broker, topic, sub] = setup;
 
   Outcomes outcome;
   std::vector<Message> messages{Message::with_payload("before"), Message::with_payload(std::string(20000, 'x')),
