@@ -6,21 +6,27 @@
 //
 //   ferry_bench_raw_kafka [--messages N] [--size BYTES] [--rounds R] [--rate MSG_PER_S]
 //                         [--latency-messages N] [--bootstrap HOST:PORT,...[?QUERY]]
+//                         [--only NAME]
 //
 // Without --bootstrap it starts librdkafka's mock cluster (3 brokers) in-process. A query
 // after the addresses goes to ferry's URL only (a mock cluster in another process, as
 // `ferry dev kafka` starts, needs ?create_topics=auto).
 //
-// Throughput: the raw loop runs twice, bare and with the two headers ferry's messages
-// carry in `ferry bench` (the 36-byte ferry-id and the bench's send-time header), which is
-// "the same work". ferry runs twice per round: one publish per call, and batches of 100.
-// Rounds alternate raw and ferry; the best and the median round of each are reported, and
-// the median of the rounds' own ratios (each ferry run against the raw run just before
-// it), which the machine's drift between rounds disturbs least.
+// Throughput, five runs per round, each publishing from a thread of its own:
+//   raw              librdkafka, bare messages, the delivery reports counted;
+//   raw+headers      with the two headers ferry's messages carry in `ferry bench` (the
+//                    36-byte ferry-id and the bench's send-time header);
+//   raw+completions  and each message with a completion of its own, run from its
+//                    delivery report: what ferry's publish_async does for a caller;
+//   ferry            ferry::bench, one publish_async per message;
+//   ferry batch 100  ferry::bench, publish_batch_async of 100 messages.
+// The best and the median round of each are reported, and the median of the rounds' own
+// ratios (each ferry run against the raw runs of its round), which the machine's drift
+// between rounds disturbs least; and the CPU time of the whole process per message (user
+// and system, every thread): with --bootstrap to a mock in another process, the client's
+// cost alone.
 //
-// Each round also reports the CPU time of the whole process per message for the four runs
-// (user and system, every thread): with --bootstrap to a mock in another process, the
-// client's cost alone.
+// --only NAME runs one of the five, --rounds times, and nothing else: a run to profile.
 //
 // Latency: `ferry bench` with one producer and one consumer at --rate, not counting the
 // messages of the first second (the group's first fetch; reported apart); then a raw
@@ -35,9 +41,11 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <iomanip>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -60,13 +68,34 @@ struct Counters {
   std::atomic<std::uint64_t> delivered{0}, failed{0};
 };
 
+// What a raw loop that learns the outcome of each message, as ferry's publish_async
+// does, hands librdkafka with it: the least a per-message completion can be.
+struct Completion {
+  Counters* counters;
+  void operator()(rd_kafka_resp_err_t err) const {
+    if (err)
+      ++counters->failed;
+    else
+      ++counters->delivered;
+  }
+};
+
 void on_delivery(rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
+  if (auto* completion = static_cast<Completion*>(m->_private)) {
+    (*completion)(m->err);
+    delete completion;
+    return;
+  }
   auto* c = static_cast<Counters*>(opaque);
   if (m->err)
     ++c->failed;
   else
     ++c->delivered;
 }
+
+// What each message of a raw loop carries: nothing, the two headers, or the headers and a
+// completion of its own.
+enum class RawWork { bare, headers, completions };
 
 using Settings = std::vector<std::pair<const char*, const char*>>;
 
@@ -103,7 +132,7 @@ rd_kafka_t* make_handle(rd_kafka_type_t type, rd_kafka_conf_t* conf) {
 // The raw loop: one thread producing asynchronously, a poller serving delivery reports,
 // done when every report is in.
 RawResult raw_publish(const std::string& bootstrap, const std::string& topic, std::uint64_t messages, std::size_t size,
-                      bool with_headers) {
+                      RawWork work) {
   rd_kafka_conf_t* conf = make_conf(bootstrap, producer_settings);
   Counters counters;
   rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
@@ -121,33 +150,40 @@ RawResult raw_publish(const std::string& bootstrap, const std::string& topic, st
   });
   const std::string payload(size, 'x');
   const auto start = SteadyClock::now();
-  for (std::uint64_t i = 0; i < messages; ++i) {
-    rd_kafka_headers_t* headers = nullptr;
-    if (with_headers) {
-      const std::string id = ferry::make_uuid();
-      const std::string sent = std::to_string(SteadyClock::now().time_since_epoch().count());
-      headers = rd_kafka_headers_new(2);
-      rd_kafka_header_add(headers, "ferry-id", -1, id.data(), static_cast<ssize_t>(id.size()));
-      rd_kafka_header_add(headers, "ferry-bench-sent-ns", -1, sent.data(), static_cast<ssize_t>(sent.size()));
-    }
-    while (true) {
-      rd_kafka_resp_err_t err =
-          headers
-              ? rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()),
-                                  RD_KAFKA_V_VALUE(const_cast<char*>(payload.data()), payload.size()),
-                                  RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END)
-              : rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()),
-                                  RD_KAFKA_V_VALUE(const_cast<char*>(payload.data()), payload.size()),
-                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
-      if (!err) break;
-      if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-        if (headers) rd_kafka_headers_destroy(headers);
-        ++counters.failed;
-        break;
+  // A thread of its own, as ferry::bench publishes from (the allocator gives the main
+  // thread an arena of its own).
+  std::thread publisher([&] {
+    for (std::uint64_t i = 0; i < messages; ++i) {
+      rd_kafka_headers_t* headers = nullptr;
+      Completion* completion = work == RawWork::completions ? new Completion{&counters} : nullptr;
+      if (work != RawWork::bare) {
+        const std::string id = ferry::make_uuid();
+        const std::string sent = std::to_string(SteadyClock::now().time_since_epoch().count());
+        headers = rd_kafka_headers_new(2);
+        rd_kafka_header_add(headers, "ferry-id", -1, id.data(), static_cast<ssize_t>(id.size()));
+        rd_kafka_header_add(headers, "ferry-bench-sent-ns", -1, sent.data(), static_cast<ssize_t>(sent.size()));
       }
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
+      while (true) {
+        rd_kafka_resp_err_t err =
+            headers ? rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()),
+                                        RD_KAFKA_V_VALUE(const_cast<char*>(payload.data()), payload.size()),
+                                        RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                        RD_KAFKA_V_OPAQUE(completion), RD_KAFKA_V_END)
+                    : rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()),
+                                        RD_KAFKA_V_VALUE(const_cast<char*>(payload.data()), payload.size()),
+                                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+        if (!err) break;
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+          if (headers) rd_kafka_headers_destroy(headers);
+          delete completion;
+          ++counters.failed;
+          break;
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
     }
-  }
+  });
+  publisher.join();
   rd_kafka_flush(rk, 60000);
   RawResult result;
   result.seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
@@ -168,15 +204,16 @@ struct Latency {
 // fixed rate stamping the send time in a header, one consumer of a group polling and
 // committing nothing, with the consumer settings ferry uses (plus the URL's
 // fetch.wait.max.ms, as `ferry dev kafka` suggests it).
-Latency raw_end_to_end(const std::string& bootstrap, const std::string& topic, std::uint64_t messages,
-                       std::size_t size, std::uint64_t rate, const std::string& fetch_wait_ms) {
+Latency raw_end_to_end(const std::string& bootstrap, const std::string& topic, std::uint64_t messages, std::size_t size,
+                       std::uint64_t rate, const std::string& fetch_wait_ms) {
   rd_kafka_t* producer = make_handle(RD_KAFKA_PRODUCER, make_conf(bootstrap, producer_settings));
   const std::string group = "raw-e2e-" + topic;
-  rd_kafka_t* consumer = make_handle(RD_KAFKA_CONSUMER, make_conf(bootstrap, {{"group.id", group.c_str()},
-                                                                               {"enable.auto.commit", "false"},
-                                                                               {"auto.offset.reset", "earliest"},
-                                                                               {"queued.min.messages", "10000"},
-                                                                               {"fetch.wait.max.ms", fetch_wait_ms.c_str()}}));
+  rd_kafka_t* consumer =
+      make_handle(RD_KAFKA_CONSUMER, make_conf(bootstrap, {{"group.id", group.c_str()},
+                                                           {"enable.auto.commit", "false"},
+                                                           {"auto.offset.reset", "earliest"},
+                                                           {"queued.min.messages", "10000"},
+                                                           {"fetch.wait.max.ms", fetch_wait_ms.c_str()}}));
   rd_kafka_poll_set_consumer(consumer);
   // The topic exists, and the consumer has its partitions, before the clock starts.
   rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_VALUE(const_cast<char*>("warm-up"), 7),
@@ -220,8 +257,8 @@ Latency raw_end_to_end(const std::string& bootstrap, const std::string& topic, s
   const std::string payload(size, 'x');
   const auto t0 = SteadyClock::now();
   for (std::uint64_t i = 0; i < messages; ++i) {
-    std::this_thread::sleep_until(t0 + std::chrono::duration_cast<SteadyClock::duration>(
-                                           std::chrono::duration<double>(static_cast<double>(i) / static_cast<double>(rate))));
+    std::this_thread::sleep_until(t0 + std::chrono::duration_cast<SteadyClock::duration>(std::chrono::duration<double>(
+                                           static_cast<double>(i) / static_cast<double>(rate))));
     const std::string sent = std::to_string(SteadyClock::now().time_since_epoch().count());
     rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(topic.c_str()),
                       RD_KAFKA_V_VALUE(const_cast<char*>(payload.data()), payload.size()),
@@ -273,7 +310,7 @@ std::uint64_t arg_u64(int& i, int argc, char** argv) {
 int main(int argc, char** argv) {
   std::uint64_t messages = 200'000, rounds = 3, rate = 10'000, latency_messages = 50'000;
   std::size_t size = 100;
-  std::string bootstrap;
+  std::string bootstrap, only;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--messages")
@@ -288,9 +325,12 @@ int main(int argc, char** argv) {
       latency_messages = arg_u64(i, argc, argv);
     else if (a == "--bootstrap" && i + 1 < argc)
       bootstrap = argv[++i];
+    else if (a == "--only" && i + 1 < argc)
+      only = argv[++i];
     else {
       std::cerr << "usage: ferry_bench_raw_kafka [--messages N] [--size BYTES] [--rounds R] [--rate MSG_PER_S] "
-                   "[--latency-messages N] [--bootstrap HOST:PORT,...[?QUERY]]\n";
+                   "[--latency-messages N] [--bootstrap HOST:PORT,...[?QUERY]] "
+                   "[--only NAME]\n";
       return 2;
     }
   }
@@ -308,24 +348,7 @@ int main(int argc, char** argv) {
   std::cout << "kafka at " << bootstrap << (mock ? " (librdkafka mock cluster, in-process)" : "") << "; " << messages
             << " messages of " << size << " B, " << rounds << " rounds\n";
 
-  // msg/s per round: raw, raw+headers, ferry, ferry batch 100.
-  std::vector<double> bare_rates, header_rates, ferry_rates, batched_rates;
-  std::vector<double> ferry_ratios, batched_ratios;  // ÷ raw+headers of the same round
-  // CPU time of the whole process per message (µs), mock brokers included, per round.
-  std::vector<double> bare_cpu, header_cpu, ferry_cpu, batched_cpu;
-  for (std::uint64_t r = 0; r < rounds; ++r) {
-    const std::string suffix = ferry::make_uuid().substr(0, 8);
-    double cpu = cpu_seconds();
-    auto cpu_us_per_message = [&] {
-      const double now = cpu_seconds();
-      const double us = (now - cpu) * 1e6 / static_cast<double>(messages);
-      cpu = now;
-      return us;
-    };
-    RawResult bare = raw_publish(bootstrap, "raw-bare-" + suffix, messages, size, false);
-    bare_cpu.push_back(cpu_us_per_message());
-    RawResult headers = raw_publish(bootstrap, "raw-headers-" + suffix, messages, size, true);
-    header_cpu.push_back(cpu_us_per_message());
+  auto run_ferry = [&](const std::string& topic, int batch) {
     ferry::bench::Config config;
     config.broker = url;
     config.messages = messages;
@@ -333,38 +356,84 @@ int main(int argc, char** argv) {
     config.producers = 1;
     config.consumers = 0;
     config.window = 100'000;
-    config.batch = 1;
-    config.topic = "ferry-" + suffix;
-    ferry::bench::Result f = ferry::bench::run(config);
-    ferry_cpu.push_back(cpu_us_per_message());
-    config.batch = 100;
-    config.topic += "-batched";
-    ferry::bench::Result b = ferry::bench::run(config);
-    batched_cpu.push_back(cpu_us_per_message());
-    std::cout << std::fixed << std::setprecision(0) << "round " << r + 1 << ": raw " << bare.msgs_per_s()
-              << " msg/s, raw+headers " << headers.msgs_per_s() << " msg/s, ferry " << f.publish_msgs_per_s
-              << " msg/s, ferry batch 100 " << b.publish_msgs_per_s << " msg/s (" << f.publish_errors + b.publish_errors
-              << " errors)\n";
-    bare_rates.push_back(bare.msgs_per_s());
-    header_rates.push_back(headers.msgs_per_s());
-    ferry_rates.push_back(f.publish_msgs_per_s);
-    batched_rates.push_back(b.publish_msgs_per_s);
-    ferry_ratios.push_back(f.publish_msgs_per_s / headers.msgs_per_s());
-    batched_ratios.push_back(b.publish_msgs_per_s / headers.msgs_per_s());
+    config.batch = batch;
+    config.topic = topic;
+    return ferry::bench::run(config);
+  };
+
+  // The five publish runs, in the order a round runs them.
+  struct Variant {
+    std::string name;
+    std::function<double(const std::string& topic)> run;  // msg/s
+    std::vector<double> rates = {}, cpu = {};             // per round; cpu: µs per message
+  };
+  auto raw = [&](RawWork work) {
+    return [&, work](const std::string& topic) {
+      return raw_publish(bootstrap, topic, messages, size, work).msgs_per_s();
+    };
+  };
+  auto with_ferry = [&](int batch) {
+    return [&, batch](const std::string& topic) { return run_ferry(topic, batch).publish_msgs_per_s; };
+  };
+  std::vector<Variant> variants = {{"raw", raw(RawWork::bare)},
+                                   {"raw+headers", raw(RawWork::headers)},
+                                   {"raw+completions", raw(RawWork::completions)},
+                                   {"ferry", with_ferry(1)},
+                                   {"ferry batch 100", with_ferry(100)}};
+  enum { kBare, kHeaders, kCompletions, kFerry, kBatched };
+  if (!only.empty()) {
+    auto chosen = std::find_if(variants.begin(), variants.end(), [&](const Variant& v) { return v.name == only; });
+    if (chosen == variants.end()) {
+      std::cerr << "--only takes one of: raw, raw+headers, raw+completions, ferry, 'ferry batch 100'\n";
+      return 2;
+    }
+    variants = {*chosen};
   }
-  auto best = [](std::vector<double> v) { return *std::max_element(v.begin(), v.end()); };
-  std::cout << std::fixed << std::setprecision(0) << "best:   raw " << best(bare_rates) << " msg/s, raw+headers "
-            << best(header_rates) << " msg/s, ferry " << best(ferry_rates) << " msg/s, ferry batch 100 "
-            << best(batched_rates) << " msg/s\n"
-            << "median: raw " << median(bare_rates) << " msg/s, raw+headers " << median(header_rates)
-            << " msg/s, ferry " << median(ferry_rates) << " msg/s, ferry batch 100 " << median(batched_rates)
-            << " msg/s\n"
-            << std::setprecision(3) << "ratio ferry/raw+headers: best " << best(ferry_rates) / best(header_rates)
-            << ", median of rounds " << median(ferry_ratios) << "; batch 100: best "
-            << best(batched_rates) / best(header_rates) << ", median of rounds " << median(batched_ratios) << "\n"
-            << std::setprecision(2) << "cpu per message (median, whole process): raw " << median(bare_cpu)
-            << " us, raw+headers " << median(header_cpu) << " us, ferry " << median(ferry_cpu) << " us, ferry batch 100 "
-            << median(batched_cpu) << " us\n";
+
+  for (std::uint64_t r = 0; r < rounds; ++r) {
+    const std::string suffix = ferry::make_uuid().substr(0, 8);
+    std::cout << "round " << r + 1 << ":";
+    for (auto& v : variants) {
+      std::string topic = v.name + "-" + suffix;
+      std::replace_if(
+          topic.begin(), topic.end(), [](char c) { return c == ' ' || c == '+'; }, '-');
+      const double cpu = cpu_seconds();
+      v.rates.push_back(v.run(topic));
+      v.cpu.push_back((cpu_seconds() - cpu) * 1e6 / static_cast<double>(messages));
+      std::cout << std::fixed << std::setprecision(0) << " " << v.name << " " << v.rates.back() << " msg/s"
+                << (&v == &variants.back() ? "\n" : ",") << std::flush;
+    }
+  }
+  auto best = [](const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); };
+  auto line = [&](const char* title, auto value) {
+    std::cout << title;
+    for (const auto& v : variants)
+      std::cout << " " << v.name << " " << value(v) << (&v == &variants.back() ? "\n" : ",");
+  };
+  std::cout << std::fixed << std::setprecision(0);
+  line("best:  ", [&](const Variant& v) { return std::to_string(static_cast<long>(best(v.rates))) + " msg/s"; });
+  line("median:", [&](const Variant& v) { return std::to_string(static_cast<long>(median(v.rates))) + " msg/s"; });
+  line("cpu per message (median, whole process):", [&](const Variant& v) {
+    std::ostringstream out;
+    out << std::fixed << std::setprecision(2) << median(v.cpu) << " us";
+    return out.str();
+  });
+  if (variants.size() == 5) {
+    // Each ferry run against the raw run of the same round: the machine's drift between
+    // rounds disturbs these least.
+    auto ratio = [&](int of, int to) {
+      std::vector<double> ratios;
+      for (std::size_t r = 0; r < rounds; ++r) ratios.push_back(variants[of].rates[r] / variants[to].rates[r]);
+      std::ostringstream out;
+      out << std::fixed << std::setprecision(3) << "best " << best(variants[of].rates) / best(variants[to].rates)
+          << ", median of rounds " << median(ratios);
+      return out.str();
+    };
+    std::cout << "ratio ferry/raw+headers: " << ratio(kFerry, kHeaders) << "\n"
+              << "ratio ferry/raw+completions: " << ratio(kFerry, kCompletions) << "\n"
+              << "ratio ferry batch 100/raw+headers: " << ratio(kBatched, kHeaders) << "\n";
+  }
+  if (!only.empty()) return 0;
 
   if (latency_messages > 0 && rate > 0) {
     ferry::bench::Config config;
@@ -381,9 +450,11 @@ int main(int argc, char** argv) {
     ferry::bench::print_text(std::cout, config, f);
     const std::string query = url.find('?') == std::string::npos ? "" : url.substr(url.find('?'));
     const auto fetch_wait = query.find("fetch.wait.max.ms=");
-    const std::string wait_ms =
-        fetch_wait == std::string::npos ? "500" : query.substr(fetch_wait + 18, query.find('&', fetch_wait) - fetch_wait - 18);
-    Latency raw = raw_end_to_end(bootstrap, "raw-e2e-" + ferry::make_uuid().substr(0, 8), latency_messages, size, rate, wait_ms);
+    const std::string wait_ms = fetch_wait == std::string::npos
+                                    ? "500"
+                                    : query.substr(fetch_wait + 18, query.find('&', fetch_wait) - fetch_wait - 18);
+    Latency raw =
+        raw_end_to_end(bootstrap, "raw-e2e-" + ferry::make_uuid().substr(0, 8), latency_messages, size, rate, wait_ms);
     std::cout << std::fixed << std::setprecision(2) << "raw librdkafka end to end (fetch.wait.max.ms=" << wait_ms
               << "): " << raw.received << " received, p50 " << raw.p50 << " ms, p99 " << raw.p99 << " ms, p999 "
               << raw.p999 << " ms, max " << raw.max << " ms\n";
