@@ -16,7 +16,7 @@ namespace ferry::bench {
 namespace {
 
 using SteadyClock = std::chrono::steady_clock;
-constexpr const char* kSentHeader = "ferry-bench-sent-ns";
+constexpr const char* kSentHeader = "bench-sent-ns";
 
 std::int64_t steady_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now().time_since_epoch()).count();

@@ -90,7 +90,7 @@ void raw_publisher(const RawConfig& c, const std::string& exchange, std::uint64_
       std::string now = std::to_string(SteadyClock::now().time_since_epoch().count());
       std::string ms = std::to_string(props.timestamp * 1000);
       amqp_table_entry_t headers[2]{};
-      headers[0].key = amqp_cstring_bytes("ferry-bench-sent-ns");
+      headers[0].key = amqp_cstring_bytes("bench-sent-ns");
       headers[0].value.kind = AMQP_FIELD_KIND_UTF8;
       headers[0].value.value.bytes = amqp_bytes_t{now.size(), now.data()};
       headers[1].key = amqp_cstring_bytes("ferry-timestamp-ms");

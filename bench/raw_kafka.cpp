@@ -138,11 +138,11 @@ RawResult raw_publish(const std::string& bootstrap, const std::string& topic, st
   rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
   rd_kafka_conf_set_opaque(conf, &counters);
   rd_kafka_t* rk = make_handle(RD_KAFKA_PRODUCER, conf);
-  // The topic exists before the clock starts, as it does for ferry after its first publish.
+  // The topic exists before the clock starts, as it does for ferry after its first publish,
+  // and messages go to its handle, as ferry's do (not looked up by name each time).
   rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
   const rd_kafka_metadata_t* md = nullptr;
   if (rd_kafka_metadata(rk, 0, rkt, &md, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) rd_kafka_metadata_destroy(md);
-  rd_kafka_topic_destroy(rkt);
 
   std::atomic<bool> stop{false};
   std::thread poller([&] {
@@ -161,15 +161,15 @@ RawResult raw_publish(const std::string& bootstrap, const std::string& topic, st
         const std::string sent = std::to_string(SteadyClock::now().time_since_epoch().count());
         headers = rd_kafka_headers_new(2);
         rd_kafka_header_add(headers, "ferry-id", -1, id.data(), static_cast<ssize_t>(id.size()));
-        rd_kafka_header_add(headers, "ferry-bench-sent-ns", -1, sent.data(), static_cast<ssize_t>(sent.size()));
+        rd_kafka_header_add(headers, "bench-sent-ns", -1, sent.data(), static_cast<ssize_t>(sent.size()));
       }
       while (true) {
         rd_kafka_resp_err_t err =
-            headers ? rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()),
+            headers ? rd_kafka_producev(rk, RD_KAFKA_V_RKT(rkt),
                                         RD_KAFKA_V_VALUE(const_cast<char*>(payload.data()), payload.size()),
                                         RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                         RD_KAFKA_V_OPAQUE(completion), RD_KAFKA_V_END)
-                    : rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()),
+                    : rd_kafka_producev(rk, RD_KAFKA_V_RKT(rkt),
                                         RD_KAFKA_V_VALUE(const_cast<char*>(payload.data()), payload.size()),
                                         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
         if (!err) break;
@@ -189,6 +189,7 @@ RawResult raw_publish(const std::string& bootstrap, const std::string& topic, st
   result.seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
   stop = true;
   poller.join();
+  rd_kafka_topic_destroy(rkt);
   rd_kafka_destroy(rk);
   result.delivered = counters.delivered;
   result.failed = counters.failed;
