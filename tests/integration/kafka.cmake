@@ -8,11 +8,12 @@ target_link_libraries(ferry_conformance_tests PRIVATE ferry_kafka)
 target_link_libraries(ferry_unit_tests PRIVATE ferry_kafka)
 target_include_directories(ferry_unit_tests PRIVATE ${PROJECT_SOURCE_DIR}/src/backends/kafka)
 
-# Rebalance, broker down, the producer under pressure, interop with python3-kafka, and `ferry serve` on Kafka.
+# Rebalance, handing partitions over, broker down, the producer under pressure, interop with python3-kafka, and `ferry serve` on Kafka.
 add_executable(ferry_kafka_integration_tests
   ${CMAKE_CURRENT_LIST_DIR}/kafka_support.cpp
   ${CMAKE_CURRENT_LIST_DIR}/kafka_admin_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/kafka_rebalance_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/kafka_handover_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/kafka_broker_down_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/kafka_producer_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/kafka_interop_test.cpp

@@ -136,5 +136,32 @@ TEST(KafkaCarried, RunsBelowTheCommittedOffsetAreLeftOut) {
   EXPECT_EQ(encode_carried(10, c), "ferry:1|0~5:d");
 }
 
+TEST(KafkaCarried, WhatWasHandedOnBeyondTheFetchedOffsetsIsHandedOnAgain) {
+  // Handed offset 10 with 11..19 settled and 10 delivered twice by the previous owner; this
+  // member has fetched 10 and 11 only. What it commits must still say 12..19 are settled.
+  Carried handed;
+  handed.add(10, 1, 2);
+  handed.add(11, 9, kDone);
+  Carried own;  // from an earlier ownership: 20 delivered once, 21 settled
+  own.add(20, 1, 1);
+  own.add(21, 1, kDone);
+  own.add(12, 2, 3);  // settled in `handed`: settled wins
+  OffsetTracker t(10);
+  t.track(10);
+  t.track(11);
+  t.done(11);
+  Carried state = carried_state(t, {{10, 3}});
+  carry_unfetched(state, t.next(), handed, own);
+  EXPECT_EQ(state.lookup(10), 3) << "this member's own count for what it fetched";
+  for (std::int64_t o = 11; o < 20; ++o) EXPECT_EQ(state.lookup(o), kDone) << o;
+  EXPECT_EQ(state.lookup(20), 1);
+  EXPECT_EQ(state.lookup(21), kDone);
+  EXPECT_EQ(state.lookup(22), 0);
+  EXPECT_EQ(encode_carried(10, state), "ferry:1|0:3,1~9:d,10:1,11:d");
+  EXPECT_EQ(combine_carried(2, 5), 5);
+  EXPECT_EQ(combine_carried(kDone, 5), kDone);
+  EXPECT_EQ(combine_carried(0, 0), 0);
+}
+
 }  // namespace
 }  // namespace ferry::kafka::detail

@@ -22,7 +22,8 @@
 //                         commits are also made, synchronously, on rebalance and on close
 //   revoke_grace=2s       on a rebalance, how long deliveries of revoked partitions may
 //                         still be settled before they are abandoned (and redelivered by
-//                         the partitions' new owner)
+//                         the partitions' new owner); on Broker::close, how long deliveries
+//                         still out may be settled before the final commit
 //   member_linger=5s      how long a group member outlives its last subscriber (see below)
 //   admin_timeout=10s     bound on topic creation, the committed-offset lookup and each
 //                         request of Broker::admin()
@@ -77,8 +78,10 @@
 //     receiver of the same member with attempt + 1; its late settlement is ignored.
 //   - Close: a closed subscriber's unsettled deliveries go to the member's other
 //     subscribers at once. A member without subscribers leaves the group after
-//     member_linger (at once on Broker::close): it commits what is settled (with the
-//     metadata above) and leaves, and the group's next owner of its partitions resumes.
+//     member_linger (at once on Broker::close, after waiting up to revoke_grace for
+//     deliveries still out to be settled): it commits what is settled (with the metadata
+//     above, which also hands on what it was handed for offsets it did not fetch) and
+//     leaves, and the group's next owner of its partitions resumes.
 //   - Rebalance: revoked partitions stop being handed out; deliveries already out may be
 //     settled for revoke_grace; then what is safe is committed, the rest is abandoned and
 //     buffered messages of those partitions dropped: the new owner starts from the commit.

@@ -16,6 +16,9 @@ using SteadyClock = std::chrono::steady_clock;
 constexpr const char* kIdHeader = "ferry-id";
 constexpr Ms kHousekeepingEvery{20};
 constexpr Ms kDeadLetterRetry{1000};
+constexpr int kCommitFailuresToWarn = 3;
+constexpr Ms kLongestLease = std::chrono::hours{24 * 365};  // a longer ack_timeout would overflow the clock
+constexpr std::chrono::seconds kCommitWarningEvery{60};
 
 bool cooperative(rd_kafka_t* rk) {
   const char* protocol = rd_kafka_rebalance_protocol(rk);
@@ -26,13 +29,6 @@ void log_error(const char* what, rd_kafka_error_t* error) {
   if (!error) return;
   spdlog::warn("kafka: {} failed: {}", what, rd_kafka_error_string(error));
   rd_kafka_error_destroy(error);
-}
-
-// The carried value for an offset from the commit metadata and from this member's own
-// memory: settled wins, otherwise the higher delivery count.
-int combine(int a, int b) {
-  if (a == kDone || b == kDone) return kDone;
-  return std::max(a, b);
 }
 
 }  // namespace
@@ -86,7 +82,19 @@ struct Member::Partition {
   std::int64_t sent_offset = -1;  // last commit sent, to skip identical ones
   std::string sent_metadata;
 
-  int carried_value(std::int64_t offset) const { return combine(carried.lookup(offset), remembered.lookup(offset)); }
+  int carried_value(std::int64_t offset) const {
+    return combine_carried(carried.lookup(offset), remembered.lookup(offset));
+  }
+  // What this partition hands on (see carried_state): what its entries and tracker know,
+  // and beyond the offsets fetched so far, what it was handed itself.
+  Carried state(bool from_start) const {
+    std::map<std::int64_t, int> deliveries;
+    for (const auto& [o, entry] : entries)
+      if (entry.deliveries > 0) deliveries[o] = entry.deliveries;
+    Carried out = carried_state(tracker, deliveries, from_start);
+    if (tracker.next() >= 0) carry_unfetched(out, tracker.next(), carried, remembered);
+    return out;
+  }
 };
 
 // ---------------------------------------------------------------------------------------
@@ -324,7 +332,7 @@ std::optional<Delivery> Member::receive(Subscription& sub, Ms timeout) {
       entry.deliveries += 1;
       entry.token = next_token_++;
       entry.owner = sub.id();
-      entry.lease_end = now + sub.options().ack_timeout;
+      entry.lease_end = now + std::min<Ms>(sub.options().ack_timeout, kLongestLease);
       tokens_[entry.token] = {p, o};
       sub.out_ += 1;
       commit_dirty_ = true;  // the carried delivery counts changed
@@ -495,8 +503,11 @@ void Member::on_message(const rd_kafka_message_t& message) {
     Partition& p = part->second;
     const std::int64_t o = message.offset;
     if (!p.seen_any && p.tracker.next() >= 0 && o < p.tracker.next()) {
-      // The committed offset was beyond the log (reset to earliest): start over from here.
+      // The committed offset was beyond the log (reset to earliest): start over from here,
+      // with nothing carried (those offsets were of the log that is gone).
       p.tracker = OffsetTracker(o);
+      p.carried = Carried();
+      p.remembered = Carried();
     }
     p.seen_any = true;
     if (!p.tracker.track(o)) return;  // fetched again after a pause or seek
@@ -558,10 +569,7 @@ PartitionListPtr Member::commit_list(bool changed_only, const std::vector<std::i
     if (only && std::find(only->begin(), only->end(), id) == only->end()) continue;
     auto offset = p.tracker.committable();
     if (!offset) continue;
-    std::map<std::int64_t, int> deliveries;
-    for (const auto& [o, entry] : p.entries)
-      if (entry.deliveries > 0) deliveries[o] = entry.deliveries;
-    std::string metadata = encode_carried(*offset, carried_state(p.tracker, deliveries));
+    std::string metadata = encode_carried(*offset, p.state(false));
     if (changed_only && *offset == p.sent_offset && metadata == p.sent_metadata) continue;
     p.sent_offset = *offset;
     p.sent_metadata = metadata;
@@ -579,12 +587,29 @@ PartitionListPtr Member::commit_list(bool changed_only, const std::vector<std::i
 void Member::on_commit_result(rd_kafka_resp_err_t err) {
   std::lock_guard lock(mutex_);
   commit_in_flight_ = false;
-  if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
+  if (!err || err == RD_KAFKA_RESP_ERR__NO_OFFSET) {
+    if (commit_failures_ >= kCommitFailuresToWarn)
+      spdlog::info("kafka: committing offsets of '{}' group '{}' works again after {} failures", topic_, group_,
+                   commit_failures_);
+    commit_failures_ = 0;
+    return;
+  }
+  // One or two failures happen in every rebalance; more in a row mean the group's offsets
+  // are not moving (authorization, metadata too large for the brokers' settings, ...), and
+  // a restart would deliver everything since again.
+  const auto now = SteadyClock::now();
+  ++commit_failures_;
+  if (commit_failures_ == kCommitFailuresToWarn ||
+      (commit_failures_ > kCommitFailuresToWarn && now - last_commit_warning_ >= kCommitWarningEvery)) {
+    spdlog::warn("kafka: committing offsets of '{}' group '{}' failed {} times in a row, last: {}; retrying", topic_,
+                 group_, commit_failures_, rd_kafka_err2str(err));
+    last_commit_warning_ = now;
+  } else {
     spdlog::debug("kafka: committing offsets of '{}' group '{}' failed: {}; will retry", topic_, group_,
                   rd_kafka_err2str(err));
-    for (auto& [_, p] : partitions_) p.sent_offset = -2;
-    commit_dirty_ = true;
   }
+  for (auto& [_, p] : partitions_) p.sent_offset = -2;
+  commit_dirty_ = true;
 }
 
 void Member::commit_cb(rd_kafka_t*, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t*, void* opaque) {
@@ -601,14 +626,31 @@ void Member::rebalance_cb(rd_kafka_t* rk, rd_kafka_resp_err_t err, rd_kafka_topi
       self->on_revoke(partitions);
     } else {
       spdlog::warn("kafka: rebalance of group '{}' failed: {}", self->group_, rd_kafka_err2str(err));
-      if (cooperative(rk))
-        log_error("unassign", rd_kafka_incremental_unassign(rk, partitions));
-      else
-        rd_kafka_assign(rk, nullptr);
+      self->on_rebalance_error(rk, partitions);
     }
   } catch (const std::exception& e) {
     spdlog::error("kafka: rebalance handling of group '{}' failed: {}", self->group_, e.what());
   }
+}
+
+// Gives up the partitions (all of them, eagerly) without a commit: their deliveries out
+// are abandoned, to be delivered again from the group's committed offsets.
+void Member::on_rebalance_error(rd_kafka_t* rk, rd_kafka_topic_partition_list_t* partitions) {
+  const bool incremental = cooperative(rk);
+  {
+    std::lock_guard lock(mutex_);
+    std::vector<std::int32_t> ids;
+    if (incremental)
+      for (int i = 0; i < partitions->cnt; ++i) ids.push_back(partitions->elems[i].partition);
+    else
+      for (const auto& [id, _] : partitions_) ids.push_back(id);
+    drop(ids);
+  }
+  cv_.notify_all();
+  if (incremental)
+    log_error("unassign", rd_kafka_incremental_unassign(rk, partitions));
+  else if (rd_kafka_resp_err_t e = rd_kafka_assign(rk, nullptr))
+    spdlog::warn("kafka: unassigning partitions of '{}' failed: {}", topic_, rd_kafka_err2str(e));
 }
 
 void Member::on_assign(rd_kafka_topic_partition_list_t* partitions) {
@@ -624,6 +666,9 @@ void Member::on_assign(rd_kafka_topic_partition_list_t* partitions) {
     std::lock_guard lock(mutex_);
     for (int i = 0; i < wanted->cnt; ++i) {
       rd_kafka_topic_partition_t& elem = wanted->elems[i];
+      // Assigned again without a revoke between (after a failed rebalance): what this
+      // member knows of it goes to remembered_ first.
+      drop({elem.partition});
       const bool known = !err && !elem.err && elem.offset >= 0;
       Partition p{OffsetTracker(known ? elem.offset : -1), forward(elem.partition), {}, {}, {}, false, false, -1, {}};
       if (known && elem.metadata && elem.metadata_size > 0)
@@ -640,7 +685,7 @@ void Member::on_assign(rd_kafka_topic_partition_list_t* partitions) {
       // fetch (~100 ms on a new group). Not read: librdkafka asks again.
       const bool none = !err && !elem.err && elem.offset == RD_KAFKA_OFFSET_INVALID;
       elem.offset = known ? elem.offset : none ? RD_KAFKA_OFFSET_BEGINNING : RD_KAFKA_OFFSET_INVALID;
-      partitions_.insert_or_assign(elem.partition, std::move(p));
+      partitions_.emplace(elem.partition, std::move(p));
     }
     joined_ = true;
   }
@@ -682,24 +727,9 @@ void Member::on_revoke(rd_kafka_topic_partition_list_t* partitions) {
       return false;
     };
     if (!lost) cv_.wait_for(lock, options_.revoke_grace, [&] { return stop_requested_ || !busy(); });
-    if (!lost) commit = commit_list(true, &ids);
-    for (auto id : ids) {
-      auto it = partitions_.find(id);
-      if (it == partitions_.end()) continue;
-      Partition& p = it->second;
-      std::map<std::int64_t, int> deliveries;
-      for (auto& [o, entry] : p.entries) {
-        if (entry.deliveries > 0) deliveries[o] = entry.deliveries;
-        if (entry.state == Entry::State::out) {
-          auto sub = subs_.find(entry.owner);
-          if (sub != subs_.end()) sub->second->out_ -= 1;
-        }
-        if (entry.token) tokens_.erase(entry.token);
-      }
-      remembered_[id] = carried_state(p.tracker, deliveries, true);
-      entries_ -= p.entries.size();
-      partitions_.erase(it);
-    }
+    // All of them, not only what changed since the last commit: that one may still fail.
+    if (!lost) commit = commit_list(false, &ids);
+    drop(ids);
   }
   cv_.notify_all();
   // Messages of the revoked partitions may still wait in messages_; were a partition to
@@ -720,19 +750,38 @@ void Member::on_revoke(rd_kafka_topic_partition_list_t* partitions) {
   }
   if (cooperative(rk))
     log_error("incremental unassign", rd_kafka_incremental_unassign(rk, partitions));
-  else
-    rd_kafka_assign(rk, nullptr);
+  else if (rd_kafka_resp_err_t e = rd_kafka_assign(rk, nullptr))
+    spdlog::warn("kafka: unassigning partitions of '{}' failed: {}", topic_, rd_kafka_err2str(e));
+}
+
+void Member::drop(const std::vector<std::int32_t>& ids) {
+  for (auto id : ids) {
+    auto it = partitions_.find(id);
+    if (it == partitions_.end()) continue;
+    Partition& p = it->second;
+    for (auto& [o, entry] : p.entries) {
+      if (entry.state == Entry::State::out) {
+        auto sub = subs_.find(entry.owner);
+        if (sub != subs_.end()) sub->second->out_ -= 1;
+      }
+      if (entry.token) tokens_.erase(entry.token);
+    }
+    remembered_[id] = p.state(true);
+    entries_ -= p.entries.size();
+    partitions_.erase(it);
+  }
 }
 
 void Member::shutdown() {
   {
-    // Dead letters on their way are worth waiting for a little: their offsets can then
-    // be committed.
+    // Deliveries still out may be settled for a while, and dead letters on their way be
+    // confirmed: their offsets can then be committed. What is not settled by then is
+    // delivered again to the group.
     std::unique_lock lock(mutex_);
     cv_.wait_for(lock, options_.revoke_grace, [&] {
       for (const auto& [_, p] : partitions_)
         for (const auto& [o, entry] : p.entries)
-          if (entry.state == Entry::State::rejecting) return false;
+          if (entry.state != Entry::State::ready) return false;
       return true;
     });
   }
@@ -740,7 +789,7 @@ void Member::shutdown() {
     PartitionListPtr commit;
     {
       std::lock_guard lock(mutex_);
-      commit = commit_list(true, nullptr);
+      commit = commit_list(false, nullptr);
     }
     if (commit && commit->cnt > 0) {
       if (rd_kafka_resp_err_t err = rd_kafka_commit(handle_.get(), commit.get(), 0))
@@ -776,6 +825,8 @@ void Member::close() {
   }
   cv_.notify_all();
   wake_poller();
+  // Two callers may close at once (the broker closing, a subscribe giving up).
+  std::lock_guard lock(join_mutex_);
   if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
 }
 

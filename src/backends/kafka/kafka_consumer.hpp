@@ -27,6 +27,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "ferry/delivery.hpp"
 #include "ferry/subscriber.hpp"
@@ -104,6 +105,7 @@ class Member : public std::enable_shared_from_this<Member> {
   void housekeeping(bool force);
   void on_assign(rd_kafka_topic_partition_list_t* partitions);
   void on_revoke(rd_kafka_topic_partition_list_t* partitions);
+  void on_rebalance_error(rd_kafka_t* rk, rd_kafka_topic_partition_list_t* partitions);
   void on_commit_result(rd_kafka_resp_err_t err);
   void dead_lettered(std::int32_t partition, std::int64_t offset, std::uint64_t token, const Status& status);
   void assign_ephemeral();
@@ -114,6 +116,8 @@ class Member : public std::enable_shared_from_this<Member> {
   bool pick(std::chrono::steady_clock::time_point now, std::chrono::steady_clock::time_point& next_due,
             std::int32_t& partition, std::int64_t& offset);
   void finish(Partition& partition, std::int64_t offset);
+  // Forgets the partitions, abandoning their deliveries; what they carry goes to remembered_.
+  void drop(const std::vector<std::int32_t>& ids);
   void release_entry(Entry& entry, std::chrono::steady_clock::time_point visible_at);
   int capacity() const;
   // Offsets (and carried metadata) worth committing: all partitions, or only `only`.
@@ -136,6 +140,7 @@ class Member : public std::enable_shared_from_this<Member> {
   std::mutex queue_mutex_;
   QueuePtr consumer_queue_;  // events; guarded by queue_mutex_ (released before consumer_close)
   std::thread thread_;
+  std::mutex join_mutex_;
   std::atomic<bool> housekeeping_due_{false};
 
   mutable std::mutex mutex_;
@@ -154,6 +159,8 @@ class Member : public std::enable_shared_from_this<Member> {
   bool closed_ = false;
   bool commit_dirty_ = false;
   bool commit_in_flight_ = false;
+  int commit_failures_ = 0;  // in a row
+  std::chrono::steady_clock::time_point last_commit_warning_{};
   Status failure_;
   std::optional<std::chrono::steady_clock::time_point> linger_until_;
   std::chrono::steady_clock::time_point last_commit_{};

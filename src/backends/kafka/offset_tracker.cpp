@@ -1,5 +1,6 @@
 #include "offset_tracker.hpp"
 
+#include <algorithm>
 #include <charconv>
 
 namespace ferry::kafka::detail {
@@ -67,6 +68,24 @@ std::vector<Carried::Run> Carried::runs() const {
   out.reserve(runs_.size());
   for (const auto& [_, run] : runs_) out.push_back(run);
   return out;
+}
+
+int combine_carried(int a, int b) {
+  if (a == kDone || b == kDone) return kDone;
+  return std::max(a, b);
+}
+
+void carry_unfetched(Carried& out, std::int64_t from, const Carried& a, const Carried& b) {
+  // Every run boundary at or after `from`; between two of them both values are constant.
+  std::vector<std::int64_t> cuts{from};
+  for (const Carried* c : {&a, &b})
+    for (const auto& run : c->runs())
+      for (std::int64_t cut : {run.start, run.start + run.length})
+        if (cut > from) cuts.push_back(cut);
+  std::sort(cuts.begin(), cuts.end());
+  cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+  for (std::size_t i = 0; i + 1 < cuts.size(); ++i)
+    out.add(cuts[i], cuts[i + 1] - cuts[i], combine_carried(a.lookup(cuts[i]), b.lookup(cuts[i])));
 }
 
 Carried carried_state(const OffsetTracker& tracker, const std::map<std::int64_t, int>& deliveries, bool from_start) {

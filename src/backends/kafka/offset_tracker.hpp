@@ -68,6 +68,15 @@ class Carried {
   std::map<std::int64_t, Run> runs_;  // by start
 };
 
+// The carried value for an offset known from two sources (the commit metadata, a member's
+// own memory): settled wins, otherwise the higher delivery count.
+int combine_carried(int a, int b);
+
+// Adds to `out` what `a` and `b` carry, combined, for offsets at or after `from`: what a
+// partition's next owner must still be told about offsets not fetched yet. `out` must have
+// no runs there.
+void carry_unfetched(Carried& out, std::int64_t from, const Carried& a, const Carried& b);
+
 // The state a tracked partition hands on: settled offsets from committable() (or, with
 // `from_start`, from start(): for a member's own memory, in case the commit of
 // committable() failed) up to next(), and the delivery counts (offset -> count) of pending
