@@ -142,6 +142,9 @@ class KafkaBroker : public Broker {
         if (auto m = weak.lock()) others.push_back(std::move(m));
       ephemeral_.clear();
     }
+    // Publishes stop first (those started are confirmed or failed); the members then may
+    // still dead-letter (internal publishes) while deliveries out are being settled.
+    producer_->close_publisher();
     for (auto& [_, m] : members) m->close();
     for (auto& m : others) m->close();
     producer_->close();
