@@ -1,11 +1,13 @@
 // The producer under pressure: more publishes than librdkafka's queue holds, from several
 // threads, one message per call and in batches larger than the queue, all complete and
 // arrive; a batch with a message the producer refuses fails once, and the messages queued
-// before it are still delivered.
+// before it are still delivered; publish callbacks may drop the last reference to their
+// broker, close it, or publish again.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <condition_variable>
+#include <future>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -130,6 +132,71 @@ TEST(KafkaProducer, ABatchWithARefusedMessageFailsOnceAndDeliversWhatWasQueued) 
   std::lock_guard lock(outcome.mutex);
   EXPECT_EQ(outcome.calls, 1) << "the batch's callback ran more than once";
   sub->close();
+  broker->close();
+}
+
+// Publish callbacks run on the producer's poller thread: what they may do there.
+
+TEST(KafkaProducer, ACallbackHoldingTheLastReferenceToItsBrokerLetsItGoCleanly) {
+  register_scheme();
+  auto broker = Broker::open(url("&linger.ms=300"));  // no report before the broker is let go below
+  const std::weak_ptr<Broker> weak = broker;
+  const std::string topic = unique("last-ref");
+  broker->publisher().publish(topic, Message::with_payload("topic exists"));
+  Outcomes outcomes;
+  for (int i = 0; i < 3; ++i)
+    broker->publisher().publish_async(topic, Message::with_payload("m" + std::to_string(i)),
+                                      [keep = broker, done = outcomes.callback()](const Status& s) { done(s); });
+  broker.reset();  // the callbacks hold the broker now; the last one let go closes it
+  ASSERT_TRUE(outcomes.wait_for_calls(3, 30s));
+  EXPECT_EQ(outcomes.ok, 3) << outcomes.first_failure;
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  while (!weak.expired() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(20ms);
+  EXPECT_TRUE(weak.expired()) << "the broker outlived its last reference";
+}
+
+TEST(KafkaProducer, ACallbackMayCloseItsBroker) {
+  register_scheme();
+  auto broker = Broker::open(url());
+  const std::string topic = unique("close-in-callback");
+  std::promise<Status> first;
+  broker->publisher().publish_async(topic, Message::with_payload("one"), [&](const Status& s) {
+    broker->close();
+    first.set_value(s);
+  });
+  auto status = first.get_future();
+  ASSERT_EQ(status.wait_for(30s), std::future_status::ready);
+  EXPECT_TRUE(status.get().ok());
+  try {
+    broker->publisher().publish(topic, Message::with_payload("two"));
+    ADD_FAILURE() << "a publish after close succeeded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::closed) << e.what();
+  }
+  broker.reset();  // joins the poller, which ended after the callback
+}
+
+TEST(KafkaProducer, APublishFromACallbackFindingTheQueueFullFailsAtOnce) {
+  // The queue holds one message, and the one whose report is being served counts until
+  // its callback returns: a publish from that callback finds no room, which only the
+  // poller thread running the callback could make.
+  register_scheme();
+  auto broker = Broker::open(url("&queue.buffering.max.messages=1&publish_timeout=5s"));
+  const std::string topic = unique("publish-in-callback");
+  broker->publisher().publish(topic, Message::with_payload("topic exists"));
+  std::promise<std::pair<Status, std::chrono::steady_clock::duration>> inner;
+  broker->publisher().publish_async(topic, Message::with_payload("one"), [&](const Status&) {
+    const auto start = std::chrono::steady_clock::now();
+    broker->publisher().publish_async(topic, Message::with_payload("two"), [&, start](const Status& s) {
+      inner.set_value({s, std::chrono::steady_clock::now() - start});
+    });
+  });
+  auto result = inner.get_future();
+  ASSERT_EQ(result.wait_for(30s), std::future_status::ready);
+  auto [status, took] = result.get();
+  EXPECT_EQ(status.code, Errc::unavailable) << status.message;
+  EXPECT_NE(status.message.find("from a publish callback"), std::string::npos) << status.message;
+  EXPECT_LT(took, 1s) << "it waited for room that could not come";
   broker->close();
 }
 

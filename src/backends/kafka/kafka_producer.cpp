@@ -19,6 +19,23 @@ constexpr std::size_t kReturnBunch = 64;
 // The producer whose poller runs on this thread, if any.
 thread_local const void* polling_for = nullptr;
 
+// Publish callbacks done with on the poller thread are destroyed there once rd_kafka_poll
+// has returned, never inside a delivery report: a callback may hold the last reference to
+// its broker, whose producer must then not be torn down under librdkafka's feet.
+thread_local std::vector<PublishCallback> graveyard;
+thread_local std::vector<PublishCallback> burying;
+// Set when the producer this thread polls for was destroyed on it (by burying a callback).
+thread_local bool producer_gone = false;
+
+// Destroys the callbacks in the graveyard; true if that destroyed this thread's producer.
+bool bury_callbacks() noexcept {
+  while (!graveyard.empty()) {
+    burying.swap(graveyard);
+    burying.clear();
+  }
+  return producer_gone;
+}
+
 // Producers are numbered, never reusing a number, for the per-thread topic cache below.
 std::atomic<std::uint64_t> producers_made{0};
 
@@ -81,6 +98,7 @@ void Producer::release(Batch* batch, int refs) noexcept {
   if (batch->refs.fetch_sub(refs) != refs) return;
   // Nothing else holds the batch now, and it passes through spare_mutex_ before it is
   // used again: plain stores will do.
+  if (polling_for == this && batch->done) graveyard.push_back(std::move(batch->done));
   batch->done = nullptr;
   batch->remaining.store(0, std::memory_order_relaxed);
   batch->completed.store(false, std::memory_order_relaxed);
@@ -129,12 +147,31 @@ Producer::Producer(const Options& options)
   poller_ = std::thread([this] {
     name_thread("ferry-kafka-dr");
     polling_for = this;
-    while (!stop_poller_) rd_kafka_poll(handle_.get(), 100);
+    while (!stop_poller_) {
+      rd_kafka_poll(handle_.get(), 100);
+      if (bury_callbacks()) return;  // the last reference to this producer was in one
+    }
+    // Closing: once the publishes under way have queued their messages, every report is
+    // served here (close() may have been called on this thread, where it cannot wait).
+    wait_for_publishes();
+    flush_and_purge();
+    rd_kafka_poll(handle_.get(), 0);
+    bury_callbacks();  // may destroy this producer: nothing of it is touched after
   });
 }
 
 Producer::~Producer() {
   close();
+  if (polling_for == this) {
+    // Destroyed on its own poller thread, by the destruction of a publish callback that
+    // held the last reference (outside rd_kafka_poll): the poller's closing work is done
+    // here, and the thread returns as soon as this does.
+    wait_for_publishes();
+    flush_and_purge();
+    rd_kafka_poll(handle_.get(), 0);
+    producer_gone = true;
+    poller_.detach();
+  }
   for (Batch* batch : spare_) delete batch;
   for (Batch* batch : returned_) delete batch;
 }
@@ -174,8 +211,9 @@ Status Producer::failure_for(const std::string& topic, rd_kafka_resp_err_t err) 
              " was closed before Kafka confirmed it";
       break;
     case Errc::invalid_argument:
-      text = "publish to '" + topic + "' was refused: " + rd_kafka_err2str(err) +
-             " (for large messages raise message.max.bytes in the URL and the topic's max.message.bytes)";
+      text = "publish to '" + topic + "' was refused: " + rd_kafka_err2str(err);
+      if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE || err == RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE)
+        text += " (for large messages raise message.max.bytes in the URL and the topic's max.message.bytes)";
       break;
     default:
       if (err == RD_KAFKA_RESP_ERR__FATAL) {
@@ -260,7 +298,9 @@ void Producer::publish(const std::string& topic, std::span<Message> messages, Pu
         break;
       }
       if (!deadline) deadline = SteadyClock::now() + options_.publish_timeout;
-      if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !closed_ && SteadyClock::now() < *deadline) {
+      const bool stopping = closed_ || (!internal && publisher_closed_);
+      // Room is made by the poller thread: a publish from a publish callback cannot wait for it.
+      if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !stopping && polling_for != this && SteadyClock::now() < *deadline) {
         ++space_waiters_;
         {
           std::unique_lock lock(space_mutex_);
@@ -269,8 +309,13 @@ void Producer::publish(const std::string& topic, std::span<Message> messages, Pu
         --space_waiters_;
         continue;
       }
-      if (closed_)
+      if (stopping)
         failure = closed_status();
+      else if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && polling_for == this)
+        failure = {Errc::unavailable, "publish to '" + topic +
+                                          "' from a publish callback found the producer queue full (" +
+                                          std::to_string(rd_kafka_outq_len(handle_.get())) +
+                                          " messages unconfirmed); it cannot wait for room there"};
       else if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
         failure = {Errc::timeout,
                    "publish to '" + topic + "' timed out after " + std::to_string(options_.publish_timeout.count()) +
@@ -326,8 +371,8 @@ Status Producer::ensure_topic(const std::string& topic) {
   if (s.ok()) {
     TopicPtr handle(rd_kafka_topic_new(handle_.get(), topic.c_str(), nullptr));
     if (!handle) {
-      s = {Errc::internal, "cannot make a handle for topic '" + topic + "': " +
-                               rd_kafka_err2str(rd_kafka_last_error())};
+      s = {Errc::internal,
+           "cannot make a handle for topic '" + topic + "': " + rd_kafka_err2str(rd_kafka_last_error())};
     } else {
       std::unique_lock lock(ready_mutex_);
       ready_.try_emplace(topic, std::move(handle));
@@ -418,6 +463,10 @@ Status Producer::wait_visible(const std::string& topic, Ms timeout, bool once) {
 
 Status Producer::ping(Ms timeout) {
   if (closed_) return {Errc::closed, "the kafka broker " + options_.masked_url + " is closed"};
+  char why[512] = {0};
+  if (rd_kafka_fatal_error(handle_.get(), why, sizeof why))
+    return {Errc::unavailable, "the Kafka producer for " + options_.masked_url +
+                                   " hit a fatal error and publishes no more (reopen the broker): " + why};
   const rd_kafka_metadata_t* raw = nullptr;
   rd_kafka_resp_err_t err = rd_kafka_metadata(handle_.get(), 0, nullptr, &raw, static_cast<int>(timeout.count()));
   if (err)
@@ -437,7 +486,10 @@ void Producer::close_publisher() {
   publisher_closed_ = true;
   space_cv_.notify_all();
   wait_for_publishes();
-  if (!closed_) rd_kafka_flush(handle_.get(), static_cast<int>(options_.publish_timeout.count()));
+  // On the poller thread (a publish callback closing its broker) a flush would wait for
+  // the report being served: what is queued is confirmed as the poller goes on.
+  if (!closed_ && polling_for != this)
+    rd_kafka_flush(handle_.get(), static_cast<int>(options_.publish_timeout.count()));
 }
 
 void Producer::flush_and_purge() {
@@ -446,22 +498,27 @@ void Producer::flush_and_purge() {
     spdlog::warn("kafka {}: {} messages still unconfirmed after {} ms; failing them", options_.masked_url,
                  rd_kafka_outq_len(handle_.get()), options_.publish_timeout.count());
     rd_kafka_purge(handle_.get(), RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-    rd_kafka_flush(handle_.get(), 2000);
+    // The purged messages' reports come at once; those of requests on the wire may wait
+    // for the request's timeout.
+    const auto until = SteadyClock::now() + std::max(Ms{2000}, options_.publish_timeout);
+    while (rd_kafka_outq_len(handle_.get()) > 0 && SteadyClock::now() < until) rd_kafka_flush(handle_.get(), 100);
+    if (int left = rd_kafka_outq_len(handle_.get()); left > 0)
+      spdlog::error("kafka {}: {} messages or requests still unreported at close; their publish callbacks will not run",
+                    options_.masked_url, left);
   }
 }
 
 void Producer::close() {
   std::lock_guard lock(close_mutex_);
-  if (shut_down_) return;
-  shut_down_ = true;
   closed_ = true;
   publisher_closed_ = true;
   space_cv_.notify_all();
-  wait_for_publishes();
-  flush_and_purge();
-  stop_poller_ = true;
+  stop_poller_ = true;  // the poller flushes, fails what is left and ends
+  // On the poller thread (a publish callback closing its broker, or dropping its last
+  // reference) it cannot be waited for: it finishes the job once back from the callback.
+  if (shut_down_ || polling_for == this) return;
+  shut_down_ = true;
   if (poller_.joinable()) poller_.join();
-  rd_kafka_poll(handle_.get(), 0);
 }
 
 }  // namespace ferry::kafka::detail
