@@ -10,8 +10,12 @@ namespace {
 
 void log_cb(const rd_kafka_t* rk, int level, const char* facility, const char* buf) {
   // Configuration warnings (a consumer property given to the producer, ...) are expected
-  // with properties shared by both clients.
-  if (std::strcmp(facility, "CONFWARN") == 0) level = 7;
+  // with properties shared by both clients; those of properties given to one client alone
+  // are errors (Options::from_url).
+  if (std::strcmp(facility, "CONFWARN") == 0) {
+    level = 7;
+    if (auto* log = static_cast<ErrorLog*>(rd_kafka_opaque(rk))) log->note_config_warning(buf);
+  }
   spdlog::level::level_enum lvl = level <= 2   ? spdlog::level::err
                                   : level == 3 ? spdlog::level::warn
                                   : level == 4 ? spdlog::level::info
@@ -37,11 +41,23 @@ void error_cb(rd_kafka_t* rk, int err, const char* reason, void* opaque) {
 void ErrorLog::record(rd_kafka_resp_err_t err, const char* reason) {
   std::lock_guard lock(mutex_);
   last_ = std::string(reason ? reason : rd_kafka_err2str(err));
+  last_at_ = std::chrono::steady_clock::now();
 }
 
 std::string ErrorLog::suffix() const {
   std::lock_guard lock(mutex_);
-  return last_.empty() ? std::string() : "; last broker error: " + last_;
+  if (last_.empty() || std::chrono::steady_clock::now() - last_at_ > std::chrono::minutes{1}) return {};
+  return "; last broker error: " + last_;
+}
+
+void ErrorLog::note_config_warning(const char* text) {
+  std::lock_guard lock(mutex_);
+  config_warnings_.emplace_back(text ? text : "");
+}
+
+std::vector<std::string> ErrorLog::config_warnings() const {
+  std::lock_guard lock(mutex_);
+  return config_warnings_;
 }
 
 void install_callbacks(rd_kafka_conf_t* conf, ErrorLog* log) {

@@ -2,8 +2,11 @@
 // Pieces the producer and the consumers share: librdkafka's log and error callbacks routed
 // to spdlog, and the mapping of librdkafka error codes to ferry's.
 
+#include <chrono>
 #include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "ferry/error.hpp"
 #include "kafka_handles.hpp"
@@ -18,15 +21,21 @@ class ErrorLog {
   ErrorLog(std::string what, void* owner) : what_(std::move(what)), owner_(owner) {}
   void* owner() const noexcept { return owner_; }
   void record(rd_kafka_resp_err_t err, const char* reason);
-  // "" or "; last broker error: ..." for appending to a message.
+  // "" or "; last broker error: ..." for appending to a message, if that error came in the
+  // last minute (an older one would explain nothing).
   std::string suffix() const;
   const std::string& what() const noexcept { return what_; }
+  // librdkafka's configuration warnings for the handle (given while it is made).
+  void note_config_warning(const char* text);
+  std::vector<std::string> config_warnings() const;
 
  private:
   std::string what_;
   void* owner_;
   mutable std::mutex mutex_;
   std::string last_;
+  std::chrono::steady_clock::time_point last_at_{};
+  std::vector<std::string> config_warnings_;
 };
 
 // Routes librdkafka's logs to spdlog and its error callback to `log` (which must outlive

@@ -1,9 +1,11 @@
 #include "kafka_options.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <set>
 
 #include "ferry/error.hpp"
+#include "kafka_common.hpp"
 
 namespace ferry::kafka::detail {
 namespace {
@@ -45,6 +47,29 @@ void set_defaults(rd_kafka_conf_t* conf, const Options::Properties& given,
                   std::initializer_list<std::pair<const char*, std::string>> defaults) {
   for (const auto& [key, value] : defaults)
     if (!has_key(given, key)) set_property(conf, key, value);
+}
+
+// A property given to one client alone (producer.x, consumer.x) that librdkafka would
+// ignore there, being the other client's, is refused: each is set alone on a handle of its
+// client, without brokers, and librdkafka's warning about it (which names the property by
+// its canonical name, not always the one given) is the answer.
+void check_scoped(const Options::Properties& scoped, rd_kafka_type_t type) {
+  const std::string client = type == RD_KAFKA_PRODUCER ? "producer" : "consumer";
+  for (const auto& [name, value] : scoped) {
+    ConfPtr conf(rd_kafka_conf_new());
+    set_property(conf.get(), name, value);
+    ErrorLog log(client + " check", nullptr);
+    install_callbacks(conf.get(), &log);
+    char errstr[512] = {0};
+    HandlePtr handle(rd_kafka_new(type, conf.get(), errstr, sizeof errstr));
+    if (!handle)
+      throw Error(Errc::invalid_argument, "kafka option " + client + "." + name + ": " + std::string(errstr));
+    conf.release();  // rd_kafka_new took it
+    for (const auto& warning : log.config_warnings())
+      if (warning.find("will be ignored by this " + client) != std::string::npos)
+        throw Error(Errc::invalid_argument,
+                    "kafka option " + client + "." + name + " is not a " + client + " property: " + warning);
+  }
 }
 
 }  // namespace
@@ -133,8 +158,13 @@ Options Options::from_url(const Url& url) {
     }
   }
   if (o.publish_timeout < Ms{1}) throw Error(Errc::invalid_argument, "kafka option publish_timeout must be positive");
+  // librdkafka's message.timeout.ms (which publish_timeout sets) is at most 2^31-1 ms, and
+  // its admin request timeouts at most an hour.
+  if (o.publish_timeout > Ms{std::numeric_limits<int>::max()})
+    throw Error(Errc::invalid_argument, "kafka option publish_timeout must be at most 24 days");
   if (o.join_timeout < Ms{1}) throw Error(Errc::invalid_argument, "kafka option join_timeout must be positive");
-  if (o.admin_timeout < Ms{1}) throw Error(Errc::invalid_argument, "kafka option admin_timeout must be positive");
+  if (o.admin_timeout < Ms{1} || o.admin_timeout > std::chrono::hours{1})
+    throw Error(Errc::invalid_argument, "kafka option admin_timeout must be positive and at most 1h");
   if (!url.user().empty()) {
     o.common.emplace_back("sasl.username", url.user());
     o.common.emplace_back("sasl.password", url.password());
@@ -144,8 +174,26 @@ Options Options::from_url(const Url& url) {
   }
   // Unknown properties and bad values fail here, at open, not at the first publish.
   o.producer_conf();
-  o.consumer_conf("ferry-validation");
+  o.check_consumer();
+  check_scoped(o.producer, RD_KAFKA_PRODUCER);
+  check_scoped(o.consumer, RD_KAFKA_CONSUMER);
   return o;
+}
+
+// librdkafka checks some properties against each other only when it makes a handle (a
+// session.timeout.ms above max.poll.interval.ms, ...); the consumer is made at the first
+// subscribe, so one is made and dropped here, without brokers: it connects to nothing.
+void Options::check_consumer() const {
+  ConfPtr conf = consumer_conf("ferry-validation");
+  set_property(conf.get(), "bootstrap.servers", "");
+  ErrorLog log("consumer check", nullptr);
+  install_callbacks(conf.get(), &log);
+  char errstr[512] = {0};
+  HandlePtr handle(rd_kafka_new(RD_KAFKA_CONSUMER, conf.get(), errstr, sizeof errstr));
+  if (!handle)
+    throw Error(Errc::invalid_argument,
+                "cannot configure the Kafka consumer for " + masked_url + ": " + std::string(errstr));
+  conf.release();  // rd_kafka_new took it
 }
 
 ConfPtr Options::producer_conf() const {
