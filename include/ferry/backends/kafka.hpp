@@ -15,8 +15,9 @@
 //                         broker's auto.create.topics.enable decides, with its defaults), or
 //                         off (the topic must exist)
 //   publish_timeout=10s   how long a publish may wait for room in librdkafka's queue, and the
-//                         default message.timeout.ms: a publish is confirmed or failed
-//                         within it
+//                         default message.timeout.ms: a queued message is confirmed or
+//                         failed within it (so a publish within twice it, plus, for a
+//                         topic's first publish, making sure of the topic: admin_timeout)
 //   join_timeout=30s      how long subscribe() waits for the group to assign partitions
 //   commit_interval=1s    how often acknowledged offsets are committed (asynchronously);
 //                         commits are also made, synchronously, on rebalance and on close

@@ -134,6 +134,10 @@ Producer::Producer(const Options& options)
     room_step_ = static_cast<int>(std::clamp<long>(messages / 16, 1, 1024));
     max_spare_ = static_cast<std::size_t>(messages);
   }
+  char timeout[32] = {0};
+  std::size_t timeout_size = sizeof timeout;
+  if (rd_kafka_conf_get(conf.get(), "message.timeout.ms", timeout, &timeout_size) == RD_KAFKA_CONF_OK)
+    message_timeout_ = Ms{std::strtol(timeout, nullptr, 10)};
   install_callbacks(conf.get(), &errors_);
   rd_kafka_conf_set_dr_msg_cb(conf.get(), &Producer::on_delivery);
   char errstr[512] = {0};
@@ -202,7 +206,7 @@ Status Producer::failure_for(const std::string& topic, rd_kafka_resp_err_t err) 
   std::string text;
   switch (code) {
     case Errc::timeout:
-      text = "publish to '" + topic + "' was not confirmed within " + std::to_string(options_.publish_timeout.count()) +
+      text = "publish to '" + topic + "' was not confirmed within " + std::to_string(message_timeout_.count()) +
              " ms (" + rd_kafka_err2str(err) + ")" + errors_.suffix() + "; is Kafka reachable at " +
              options_.bootstrap + "?";
       break;

@@ -82,6 +82,7 @@ class Producer {
   alignas(kCacheLine) std::atomic<int> active_{0};
 
   alignas(kCacheLine) std::atomic<int> space_waiters_{0};  // read at every delivery
+  Ms message_timeout_{0};                                  // librdkafka's message.timeout.ms, for error messages
   int room_step_ = 1;  // wake waiters after this many deliveries: a sixteenth of the queue's bound, at most 1024
   alignas(kCacheLine) std::atomic<int> freed_{0};  // messages delivered since waiters were last woken
   std::mutex space_mutex_;
