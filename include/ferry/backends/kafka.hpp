@@ -107,8 +107,11 @@
 // Threads: each open Broker runs one producer poller thread ("ferry-kafka-dr": delivery
 // reports and publish callbacks run there) plus librdkafka's own threads; each group
 // member runs one poll thread ("ferry-kafka-rx": fetching, rebalances, leases, commits)
-// plus librdkafka's threads. Broker, Publisher and Subscriber are thread-safe
-// as their interfaces say.
+// plus librdkafka's threads. Broker, Publisher and Subscriber are thread-safe as their
+// interfaces say. A publish callback may publish (if librdkafka's queue is full, that
+// publish fails at once: only the thread running the callback makes room), close its
+// broker, or hold the last reference to it (callbacks are destroyed after the report, and
+// the broker closes then).
 
 #include <memory>
 #include <string>
