@@ -49,29 +49,6 @@ void set_defaults(rd_kafka_conf_t* conf, const Options::Properties& given,
     if (!has_key(given, key)) set_property(conf, key, value);
 }
 
-// A property given to one client alone (producer.x, consumer.x) that librdkafka would
-// ignore there, being the other client's, is refused: each is set alone on a handle of its
-// client, without brokers, and librdkafka's warning about it (which names the property by
-// its canonical name, not always the one given) is the answer.
-void check_scoped(const Options::Properties& scoped, rd_kafka_type_t type) {
-  const std::string client = type == RD_KAFKA_PRODUCER ? "producer" : "consumer";
-  for (const auto& [name, value] : scoped) {
-    ConfPtr conf(rd_kafka_conf_new());
-    set_property(conf.get(), name, value);
-    ErrorLog log(client + " check", nullptr);
-    install_callbacks(conf.get(), &log);
-    char errstr[512] = {0};
-    HandlePtr handle(rd_kafka_new(type, conf.get(), errstr, sizeof errstr));
-    if (!handle)
-      throw Error(Errc::invalid_argument, "kafka option " + client + "." + name + ": " + std::string(errstr));
-    conf.release();  // rd_kafka_new took it
-    for (const auto& warning : log.config_warnings())
-      if (warning.find("will be ignored by this " + client) != std::string::npos)
-        throw Error(Errc::invalid_argument,
-                    "kafka option " + client + "." + name + " is not a " + client + " property: " + warning);
-  }
-}
-
 }  // namespace
 
 void set_property(rd_kafka_conf_t* conf, const std::string& key, const std::string& value) {
@@ -174,26 +151,58 @@ Options Options::from_url(const Url& url) {
   }
   // Unknown properties and bad values fail here, at open, not at the first publish.
   o.producer_conf();
-  o.check_consumer();
-  check_scoped(o.producer, RD_KAFKA_PRODUCER);
-  check_scoped(o.consumer, RD_KAFKA_CONSUMER);
+  o.check_clients();
   return o;
 }
 
-// librdkafka checks some properties against each other only when it makes a handle (a
-// session.timeout.ms above max.poll.interval.ms, ...); the consumer is made at the first
-// subscribe, so one is made and dropped here, without brokers: it connects to nothing.
-void Options::check_consumer() const {
-  ConfPtr conf = consumer_conf("ferry-validation");
+namespace {
+
+// Makes a client of `type` from `conf` with no brokers (it connects nowhere) and drops it:
+// librdkafka checks some properties against each other only then. Returns its
+// configuration warnings.
+std::vector<std::string> made_without_brokers(rd_kafka_type_t type, ConfPtr conf, const std::string& masked_url) {
+  const std::string client = type == RD_KAFKA_PRODUCER ? "producer" : "consumer";
   set_property(conf.get(), "bootstrap.servers", "");
-  ErrorLog log("consumer check", nullptr);
+  ErrorLog log(client + " check", nullptr);
   install_callbacks(conf.get(), &log);
   char errstr[512] = {0};
-  HandlePtr handle(rd_kafka_new(RD_KAFKA_CONSUMER, conf.get(), errstr, sizeof errstr));
+  HandlePtr handle(rd_kafka_new(type, conf.get(), errstr, sizeof errstr));
   if (!handle)
     throw Error(Errc::invalid_argument,
-                "cannot configure the Kafka consumer for " + masked_url + ": " + std::string(errstr));
+                "cannot configure the Kafka " + client + " for " + masked_url + ": " + std::string(errstr));
   conf.release();  // rd_kafka_new took it
+  return log.config_warnings();
+}
+
+}  // namespace
+
+// The consumer is made at the first subscribe: its checks are made here, at open. And a
+// property given to one client alone (producer.x, consumer.x) that librdkafka ignores there,
+// being the other client's, is refused: librdkafka warns of it, by its canonical name (not
+// always the one given), when the client is made with it and not without it.
+void Options::check_clients() const {
+  const auto consumer_warnings = made_without_brokers(RD_KAFKA_CONSUMER, consumer_conf("ferry-check"), masked_url);
+  for (const auto& [type, scoped] :
+       {std::pair{RD_KAFKA_PRODUCER, &producer}, std::pair{RD_KAFKA_CONSUMER, &consumer}}) {
+    if (scoped->empty()) continue;
+    Options without = *this;
+    (type == RD_KAFKA_PRODUCER ? without.producer : without.consumer).clear();
+    const bool is_producer = type == RD_KAFKA_PRODUCER;
+    const auto with_them = is_producer ? made_without_brokers(type, producer_conf(), masked_url) : consumer_warnings;
+    const auto base = made_without_brokers(
+        type, is_producer ? without.producer_conf() : without.consumer_conf("ferry-check"), masked_url);
+    const std::string client = is_producer ? "producer" : "consumer";
+    for (const auto& warning : with_them) {
+      if (warning.find("will be ignored by this " + client) == std::string::npos ||
+          std::find(base.begin(), base.end(), warning) != base.end())
+        continue;
+      std::string names;
+      for (const auto& [name, _] : *scoped) names += (names.empty() ? "" : ", ") + client + "." + name;
+      throw Error(Errc::invalid_argument, (scoped->size() == 1 ? "kafka option " + names + " is not a "
+                                                               : "one of the kafka options " + names + " is not a ") +
+                                              client + " property: " + warning);
+    }
+  }
 }
 
 ConfPtr Options::producer_conf() const {

@@ -43,9 +43,10 @@ struct Options {
   ConfPtr producer_conf() const;
   // A consumer's configuration; `group` empty for a consumer without a group.
   ConfPtr consumer_conf(const std::string& group) const;
-  // Makes a consumer handle of consumer_conf() without brokers and drops it: librdkafka's
-  // checks of properties against each other. Throws Error(invalid_argument).
-  void check_consumer() const;
+  // Makes clients of these options without brokers and drops them: librdkafka's checks of
+  // properties against each other, and of producer./consumer. properties the client would
+  // ignore. Throws Error(invalid_argument).
+  void check_clients() const;
 };
 
 // Sets one property; throws Error(invalid_argument) naming it (its value masked if secret).
