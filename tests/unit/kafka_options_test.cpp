@@ -1,11 +1,12 @@
 // kafka:// URL options: what librdkafka would refuse, or ignore, is an error when the URL is
 // read (Broker::open), not at the first publish or subscribe. No broker is needed: the
 // checks make handles that connect to nothing.
-#include "ferry/error.hpp"
-#include "ferry/url.hpp"
 #include "kafka_options.hpp"
 
 #include <gtest/gtest.h>
+
+#include "ferry/error.hpp"
+#include "ferry/url.hpp"
 
 namespace ferry::kafka::detail {
 namespace {
@@ -25,6 +26,8 @@ TEST(KafkaOptions, UnknownPropertiesAndBadValuesAreRefusedNamingThem) {
   EXPECT_NE(refusal("kafka://h:9092?linger.msec=5").find("unknown librdkafka property 'linger.msec'"),
             std::string::npos);
   EXPECT_NE(refusal("kafka://h:9092?linger.ms=soon").find("invalid value 'soon' for librdkafka property 'linger.ms'"),
+            std::string::npos);
+  EXPECT_NE(refusal("kafka://h:9092?producer.linger.msec=5").find("unknown librdkafka property 'producer.linger.msec'"),
             std::string::npos);
   EXPECT_NE(refusal("kafka://h:9092?acks=1").find("'acks' is set by ferry"), std::string::npos);
   EXPECT_NE(refusal("kafka://h:9092?consumer.group.id=x").find("'group.id' is set by ferry"), std::string::npos);

@@ -131,6 +131,15 @@ Options Options::from_url(const Url& url) {
         throw Error(Errc::invalid_argument, "librdkafka property '" + name +
                                                 "' is set by ferry and cannot be changed in the URL (see "
                                                 "include/ferry/backends/kafka.hpp)");
+      if (name != key) {
+        // Checked here too, so that an error names the key as given.
+        try {
+          ConfPtr scratch(rd_kafka_conf_new());
+          set_property(scratch.get(), name, value);
+        } catch (const Error& e) {
+          throw Error(e.code(), replace_all(e.what(), "property '" + name + "'", "property '" + key + "'"));
+        }
+      }
       target->emplace_back(name, value);
     }
   }
