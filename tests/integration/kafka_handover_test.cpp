@@ -1,8 +1,9 @@
 // What a consumer-group member hands on to the partition's next owner, through the commit
-// metadata, and what it finishes before it leaves: on the mock cluster, with one broker
-// handle per member, as separate processes would have.
+// metadata, and what it finishes before it leaves (or, closed while joining, what it says):
+// on the mock cluster, with one broker handle per member, as separate processes would have.
 #include <gtest/gtest.h>
 
+#include <future>
 #include <map>
 #include <thread>
 
@@ -116,6 +117,28 @@ TEST_F(KafkaHandover, ClosingWaitsForDeliveriesBeingHandledAndCommitsTheirAcks) 
   auto d = sub->receive(3s);
   EXPECT_FALSE(d) << "delivered again: " << d->message().payload;
   broker->close();
+}
+
+TEST_F(KafkaHandover, ClosingTheBrokerWhileASubscribeWaitsToJoinFailsItAsClosed) {
+  const std::string topic = topic_with(1);
+  auto broker = Broker::open(member_url());
+  std::promise<Errc> outcome;
+  std::thread subscriber([&] {
+    try {
+      broker->subscribe({.topic = topic, .group = unique("group")});
+      outcome.set_value(Errc::ok);
+    } catch (const Error& e) {
+      outcome.set_value(e.code());
+    }
+  });
+  std::this_thread::sleep_for(300ms);  // the mock's group takes seconds to form
+  const auto closing = SteadyClock::now();
+  broker->close();
+  auto result = outcome.get_future();
+  ASSERT_EQ(result.wait_for(10s), std::future_status::ready) << "subscribe went on waiting";
+  EXPECT_EQ(result.get(), Errc::closed) << "not 'could not join: is Kafka reachable?'";
+  EXPECT_LT(SteadyClock::now() - closing, 10s);
+  subscriber.join();
 }
 
 }  // namespace

@@ -93,10 +93,13 @@
 //     high watermark - committed offset, counted from the low watermark where the group
 //     committed nothing or below it) and the deliveries of this handle not yet settled as
 //     `in_flight` (0 for groups of other processes). The groups: those this handle
-//     subscribed to the topic, and those named in groups= or listed by the cluster that
-//     have an offset committed on the topic. The lag moves with the group's commits
-//     (every commit_interval), not with each ack. peek() reads with a temporary consumer
-//     that assigns the partitions from their low watermark and commits nothing: up to
+//     subscribed to the topic, and those named in groups= that have an offset committed
+//     on the topic (the cluster's list of groups is not read: librdkafka 2.0.2 leaks at
+//     each ListConsumerGroups). A group whose committed offsets cannot be read is left out
+//     (with a warning) rather than reported as having committed nothing. The lag moves with
+//     the group's commits (every commit_interval), not with each ack. peek() reads with a
+//     temporary consumer that assigns the partitions from their low watermark and commits
+//     nothing: up to
 //     `limit` messages of each partition, merged oldest first by timestamp (then
 //     partition, then offset), the first `limit` of them. purge() deletes every retained
 //     record with DeleteRecords and returns how many there were; committed offsets stay,

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <map>
+#include <mutex>
 #include <set>
 #include <tuple>
 
@@ -105,11 +106,23 @@ Watermarks watermarks(rd_kafka_t* rk, const Options& options, const Partitions& 
   return out;
 }
 
+// Says, at most once a minute, that groups' committed offsets could not be read.
+void warn_unknown(const std::string& group, const std::string& url, const std::string& why) {
+  static std::mutex mutex;
+  static SteadyClock::time_point last{};
+  std::lock_guard lock(mutex);
+  if (last != SteadyClock::time_point{} && SteadyClock::now() - last < std::chrono::minutes{1}) return;
+  last = SteadyClock::now();
+  spdlog::warn("kafka: cannot read the committed offsets of group '{}' on {} ({}); its lag is left out", group, url,
+               why);
+}
+
 // The committed offsets of each group on `partitions`: one ListConsumerGroupOffsets
-// request per group, all under way at once.
+// request per group, all under way at once. Groups whose offsets (or some of them) could
+// not be read are in `unknown` instead.
 std::map<std::string, Committed> committed_offsets(rd_kafka_t* rk, const Options& options,
                                                    const std::vector<std::string>& groups, const Partitions& partitions,
-                                                   const std::string& suffix) {
+                                                   const std::string& suffix, std::set<std::string>& unknown) {
   std::map<std::string, Committed> out;
   if (groups.empty() || partitions.empty()) return out;
   PartitionListPtr list = partition_list(partitions, RD_KAFKA_OFFSET_INVALID);
@@ -141,15 +154,23 @@ std::map<std::string, Committed> committed_offsets(rd_kafka_t* rk, const Options
     for (std::size_t i = 0; i < count; ++i) {
       const std::string name = rd_kafka_group_result_name(results[i]);
       if (const rd_kafka_error_t* error = rd_kafka_group_result_error(results[i])) {
-        spdlog::debug("kafka: committed offsets of group '{}' on {}: {}", name, options.masked_url,
-                      rd_kafka_error_string(error));
+        warn_unknown(name, options.masked_url, rd_kafka_error_string(error));
+        unknown.insert(name);
         continue;
       }
       Committed& committed = out[name];
       const rd_kafka_topic_partition_list_t* offsets = rd_kafka_group_result_partitions(results[i]);
       for (int j = 0; offsets && j < offsets->cnt; ++j) {
         const auto& elem = offsets->elems[j];
-        committed[{elem.topic, elem.partition}] = elem.err ? RD_KAFKA_OFFSET_INVALID : elem.offset;
+        if (elem.err) {
+          warn_unknown(name, options.masked_url,
+                       std::string(elem.topic) + " partition " + std::to_string(elem.partition) + ": " +
+                           rd_kafka_err2str(elem.err));
+          unknown.insert(name);
+          out.erase(name);
+          break;
+        }
+        committed[{elem.topic, elem.partition}] = elem.offset;
       }
     }
   }
@@ -179,8 +200,9 @@ std::vector<TopicStats> KafkaAdmin::stats() {
   for (const auto& s : subscribed) groups.insert(s.group);
   // Not the groups the cluster lists: librdkafka 2.0.2's ListConsumerGroups leaks memory at
   // every call (seen under LeakSanitizer), and a scrape of /metrics would call it each time.
-  const auto committed =
-      committed_offsets(rk, options, std::vector<std::string>(groups.begin(), groups.end()), partitions, suffix);
+  std::set<std::string> unknown;
+  const auto committed = committed_offsets(rk, options, std::vector<std::string>(groups.begin(), groups.end()),
+                                           partitions, suffix, unknown);
 
   std::vector<TopicStats> out;
   for (const auto& [topic, topic_marks] : marks) {
@@ -189,7 +211,7 @@ std::vector<TopicStats> KafkaAdmin::stats() {
     for (const auto& m : topic_marks) t.messages += static_cast<std::uint64_t>(m.high - m.low);
     std::map<std::string, GroupStats> reported;
     for (const auto& s : subscribed) {
-      if (s.topic != topic) continue;
+      if (s.topic != topic || unknown.count(s.group)) continue;
       GroupStats& g = reported[s.group];
       g.group = s.group;
       g.in_flight += s.in_flight;
@@ -288,9 +310,10 @@ std::vector<Message> KafkaAdmin::peek(const std::string& topic, std::size_t limi
     throw Error(Errc::timeout, "could not read '" + topic + "' on " + options.masked_url + " within " +
                                    std::to_string(options.admin_timeout.count()) + " ms" + errors.suffix());
   if (open > 0)
-    spdlog::warn("kafka peek of '{}' on {}: {} partition(s) not read within {} ms; the oldest messages shown are "
-                 "those of the partitions read{}",
-                 topic, options.masked_url, open, options.admin_timeout.count(), errors.suffix());
+    spdlog::warn(
+        "kafka peek of '{}' on {}: {} partition(s) not read within {} ms; the oldest messages shown are "
+        "those of the partitions read{}",
+        topic, options.masked_url, open, options.admin_timeout.count(), errors.suffix());
 
   std::sort(read.begin(), read.end(), [](const Read& a, const Read& b) {
     return std::tie(a.message.timestamp, a.partition, a.offset) < std::tie(b.message.timestamp, b.partition, b.offset);

@@ -95,10 +95,11 @@ class KafkaBroker : public Broker {
     for (int attempt = 0; attempt < 3; ++attempt) {
       std::shared_ptr<Member> member;
       bool created = false;
+      std::vector<std::shared_ptr<Member>> done;  // closed (joined) after the lock is let go
       {
         std::lock_guard lock(mutex_);
         if (closed_) throw closed_error();
-        sweep();
+        done = sweep();
         auto it = members_.find(key);
         if (it != members_.end() && !it->second->leaving()) {
           member = it->second;
@@ -109,14 +110,20 @@ class KafkaBroker : public Broker {
           created = true;
         }
       }
+      for (auto& m : done) m->close();
       try {
         if (created) member->start();
         member->wait_joined();
       } catch (...) {
-        std::lock_guard lock(mutex_);
-        if (auto it = members_.find(key); it != members_.end() && it->second == member) members_.erase(it);
-        retired_.push_back(member);
+        bool closing = false;
+        {
+          std::lock_guard lock(mutex_);
+          if (auto it = members_.find(key); it != members_.end() && it->second == member) members_.erase(it);
+          retired_.push_back(member);
+          closing = closed_;
+        }
         member->close();
+        if (closing) throw closed_error();  // whatever the member said, the broker closed under it
         throw;
       }
       if (auto sub = member->attach(options)) return std::make_unique<KafkaSubscriber>(std::move(sub));
@@ -171,8 +178,9 @@ class KafkaBroker : public Broker {
     return out;
   }
 
-  // Forgets members that left the group (their linger ran out).
-  void sweep() {
+  // Forgets members that left the group (their linger ran out). Under mutex_; returns the
+  // retired members to close (join) once it is let go, if there are many.
+  std::vector<std::shared_ptr<Member>> sweep() {
     for (auto it = members_.begin(); it != members_.end();) {
       if (it->second->leaving()) {
         retired_.push_back(std::move(it->second));
@@ -182,12 +190,10 @@ class KafkaBroker : public Broker {
       }
     }
     std::erase_if(ephemeral_, [](const std::weak_ptr<Member>& w) { return w.expired(); });
-    if (retired_.size() > 16) {
-      // Their threads have ended or are about to: join them outside the hot path rarely.
-      std::vector<std::shared_ptr<Member>> done;
-      done.swap(retired_);
-      for (auto& m : done) m->close();
-    }
+    std::vector<std::shared_ptr<Member>> done;
+    // Their threads have ended or are about to: join them outside the hot path rarely.
+    if (retired_.size() > 16) done.swap(retired_);
+    return done;
   }
 
   Url url_;

@@ -151,6 +151,12 @@ QueuePtr Member::forward(std::int32_t partition) {
 }
 
 void Member::start() {
+  {
+    std::lock_guard lock(mutex_);
+    if (stop_requested_)
+      throw Error(Errc::closed, "the consumer of '" + topic_ + "' on " + options_.masked_url +
+                                    " was closed before it started (the broker is closing)");
+  }
   ConfPtr conf = options_.consumer_conf(ephemeral_ ? "ferry-ephemeral-" + make_uuid() : group_);
   install_callbacks(conf.get(), &errors_);
   if (!ephemeral_) {
@@ -175,6 +181,9 @@ void Member::start() {
       throw Error(errc_for(err),
                   "cannot subscribe to '" + topic_ + "' on " + options_.masked_url + ": " + rd_kafka_err2str(err));
   }
+  // close() may be reading thread_ (under join_mutex_); a close() before this point finds
+  // no thread, and the new one ends at once (stop_requested_), to be joined by ~Member.
+  std::lock_guard lock(join_mutex_);
   thread_ = std::thread([this] { run(); });
 }
 
@@ -211,6 +220,9 @@ void Member::wait_joined() {
   std::unique_lock lock(mutex_);
   bool done = cv_.wait_for(lock, options_.join_timeout, [&] { return joined_ || closed_ || !failure_.ok(); });
   if (!failure_.ok()) throw Error(failure_);
+  if (!joined_ && (stop_requested_ || closed_))
+    throw Error(Errc::closed, "the consumer of '" + topic_ + "' on " + options_.masked_url +
+                                  " was closed before it joined group '" + group_ + "'");
   if (!done || !joined_)
     throw Error(Errc::unavailable, "could not join consumer group '" + group_ + "' of topic '" + topic_ + "' on " +
                                        options_.masked_url + " within " +
