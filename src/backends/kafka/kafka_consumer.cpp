@@ -659,10 +659,7 @@ void Member::on_rebalance_error(rd_kafka_t* rk, rd_kafka_topic_partition_list_t*
     drop(ids);
   }
   cv_.notify_all();
-  if (incremental)
-    log_error("unassign", rd_kafka_incremental_unassign(rk, partitions));
-  else if (rd_kafka_resp_err_t e = rd_kafka_assign(rk, nullptr))
-    spdlog::warn("kafka: unassigning partitions of '{}' failed: {}", topic_, rd_kafka_err2str(e));
+  unassign(rk, partitions);
 }
 
 void Member::on_assign(rd_kafka_topic_partition_list_t* partitions) {
@@ -760,6 +757,11 @@ void Member::on_revoke(rd_kafka_topic_partition_list_t* partitions) {
           "last commit will be delivered again",
           topic_, group_, rd_kafka_err2str(err));
   }
+  unassign(rk, partitions);
+}
+
+// Hands the partitions back to librdkafka: those revoked (cooperative), or all (eager).
+void Member::unassign(rd_kafka_t* rk, rd_kafka_topic_partition_list_t* partitions) {
   if (cooperative(rk))
     log_error("incremental unassign", rd_kafka_incremental_unassign(rk, partitions));
   else if (rd_kafka_resp_err_t e = rd_kafka_assign(rk, nullptr))

@@ -106,6 +106,7 @@ class Member : public std::enable_shared_from_this<Member> {
   void on_assign(rd_kafka_topic_partition_list_t* partitions);
   void on_revoke(rd_kafka_topic_partition_list_t* partitions);
   void on_rebalance_error(rd_kafka_t* rk, rd_kafka_topic_partition_list_t* partitions);
+  void unassign(rd_kafka_t* rk, rd_kafka_topic_partition_list_t* partitions);
   void on_commit_result(rd_kafka_resp_err_t err);
   void dead_lettered(std::int32_t partition, std::int64_t offset, std::uint64_t token, const Status& status);
   void assign_ephemeral();

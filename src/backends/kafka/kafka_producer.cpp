@@ -155,11 +155,9 @@ Producer::Producer(const Options& options)
       rd_kafka_poll(handle_.get(), 100);
       if (bury_callbacks()) return;  // the last reference to this producer was in one
     }
-    // Closing: once the publishes under way have queued their messages, every report is
-    // served here (close() may have been called on this thread, where it cannot wait).
-    wait_for_publishes();
-    flush_and_purge();
-    rd_kafka_poll(handle_.get(), 0);
+    // Closing: every report is served here (close() may have been called on this thread,
+    // where it cannot wait).
+    serve_last_reports();
     bury_callbacks();  // may destroy this producer: nothing of it is touched after
   });
 }
@@ -170,9 +168,7 @@ Producer::~Producer() {
     // Destroyed on its own poller thread, by the destruction of a publish callback that
     // held the last reference (outside rd_kafka_poll): the poller's closing work is done
     // here, and the thread returns as soon as this does.
-    wait_for_publishes();
-    flush_and_purge();
-    rd_kafka_poll(handle_.get(), 0);
+    serve_last_reports();
     producer_gone = true;
     poller_.detach();
   }
@@ -494,6 +490,14 @@ void Producer::close_publisher() {
   // the report being served: what is queued is confirmed as the poller goes on.
   if (!closed_ && polling_for != this)
     rd_kafka_flush(handle_.get(), static_cast<int>(options_.publish_timeout.count()));
+}
+
+// Once the publishes under way have queued their messages: flushes, fails what is left
+// and serves the last reports. On the poller thread.
+void Producer::serve_last_reports() {
+  wait_for_publishes();
+  flush_and_purge();
+  rd_kafka_poll(handle_.get(), 0);
 }
 
 void Producer::flush_and_purge() {

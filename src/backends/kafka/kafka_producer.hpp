@@ -67,6 +67,7 @@ class Producer {
   void release(Batch* batch, int refs = 1) noexcept;
   void give_back(std::span<Batch*> batches) noexcept;
   void flush_and_purge();
+  void serve_last_reports();
 
   Options options_;
   const std::uint64_t number_;
