@@ -8,10 +8,12 @@ target_link_libraries(ferry_conformance_tests PRIVATE ferry_kafka)
 target_link_libraries(ferry_unit_tests PRIVATE ferry_kafka)
 target_include_directories(ferry_unit_tests PRIVATE ${PROJECT_SOURCE_DIR}/src/backends/kafka)
 
-# Rebalance, handing partitions over, broker down, the producer under pressure, interop with python3-kafka, and `ferry serve` on Kafka.
+# Creating topics through the Admin API, rebalance, handing partitions over, broker down, the producer under pressure, interop with python3-kafka, and `ferry serve` on Kafka.
 add_executable(ferry_kafka_integration_tests
   ${CMAKE_CURRENT_LIST_DIR}/kafka_support.cpp
   ${CMAKE_CURRENT_LIST_DIR}/kafka_admin_test.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/kafka_create_topics_front.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/kafka_create_topics_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/kafka_rebalance_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/kafka_handover_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/kafka_broker_down_test.cpp
@@ -22,7 +24,7 @@ add_executable(ferry_kafka_integration_tests
 target_include_directories(ferry_kafka_integration_tests PRIVATE ${PROJECT_SOURCE_DIR}/tests/e2e
                            ${PROJECT_SOURCE_DIR}/tests/support)
 target_link_libraries(ferry_kafka_integration_tests PRIVATE ferry_core ferry_kafka GTest::gtest_main
-                      SQLite::SQLite3 Boost::json Threads::Threads ferry_warnings)
+                      SQLite::SQLite3 Boost::json Threads::Threads PkgConfig::RDKAFKA ferry_warnings)
 target_compile_definitions(ferry_kafka_integration_tests PRIVATE
   FERRY_BINARY="$<TARGET_FILE:ferry>"
   FERRY_KAFKA_PY_DIR="${CMAKE_CURRENT_LIST_DIR}/python"

@@ -418,7 +418,7 @@ Status Producer::create_topic(const std::string& topic) {
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR || err == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
     return wait_visible(topic, options_.admin_timeout, false);
   // Not allowed to create it, or no answer: perhaps it exists anyway.
-  if (wait_visible(topic, Ms{0}, true).ok()) return {};
+  if (listed(topic)) return wait_visible(topic, Ms{0}, true);
   std::string hint;
   if (why.find("controller") != std::string::npos)
     hint = " (librdkafka's mock cluster cannot create topics this way: add create_topics=auto to the URL)";
@@ -428,6 +428,17 @@ Status Producer::create_topic(const std::string& topic) {
   if (code == Errc::ok) code = Errc::unavailable;
   return {code, "cannot create topic '" + topic + "' with " + std::to_string(options_.partitions) + " partitions on " +
                     options_.masked_url + ": " + why + hint + errors_.suffix()};
+}
+
+// Whether the cluster lists `topic`. Asking for every topic, not for this one (nor making a
+// handle for it), keeps a broker with auto.create.topics.enable from creating it with its
+// own defaults when ferry's creation failed.
+bool Producer::listed(const std::string& topic) {
+  const rd_kafka_metadata_t* raw = nullptr;
+  if (rd_kafka_metadata(handle_.get(), 1, nullptr, &raw, 2000) != RD_KAFKA_RESP_ERR_NO_ERROR) return false;
+  MetadataPtr metadata(raw);
+  return std::any_of(metadata->topics, metadata->topics + metadata->topic_cnt,
+                     [&](const rd_kafka_metadata_topic_t& t) { return !t.err && topic == t.topic; });
 }
 
 Status Producer::wait_visible(const std::string& topic, Ms timeout, bool once) {

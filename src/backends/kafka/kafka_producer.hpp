@@ -59,6 +59,7 @@ class Producer {
   static void on_delivery(rd_kafka_t* rk, const rd_kafka_message_t* message, void* opaque);
   Status create_topic(const std::string& topic);
   Status wait_visible(const std::string& topic, Ms timeout, bool once);
+  bool listed(const std::string& topic);
   Status failure_for(const std::string& topic, rd_kafka_resp_err_t err) const;
   rd_kafka_topic_t* ready_topic(const std::string& topic);
   void wait_for_publishes();
