@@ -11,9 +11,11 @@
 //                         default.replication.factor; needs Kafka 2.4 or later)
 //   create_topics=admin   how a missing topic comes to exist before its first publish or
 //                         subscribe: admin (CreateTopics through the Admin API, with
-//                         `partitions` and `replication`), auto (a metadata request, so the
-//                         broker's auto.create.topics.enable decides, with its defaults), or
-//                         off (the topic must exist)
+//                         `partitions` and `replication`; a refusal fails the publish or
+//                         subscribe with the cluster's reason unless the topic exists),
+//                         auto (a metadata request, so the broker's
+//                         auto.create.topics.enable decides, with its defaults), or off
+//                         (the topic must exist)
 //   publish_timeout=10s   how long a publish may wait for room in librdkafka's queue, and the
 //                         default message.timeout.ms: a queued message is confirmed or
 //                         failed within it (so a publish within twice it, plus, for a
