@@ -1,6 +1,7 @@
 // The brokers go away (every mock broker set down): publishes fail within their deadline
 // with a clear error, ping fails, and after the brokers return publishing and a
-// subscription that was open all along work again.
+// subscription that was open all along work again. A group member whose consumer hits a
+// fatal error says so to its subscribers and is not given new ones.
 #include <gtest/gtest.h>
 
 #include <thread>
@@ -74,6 +75,48 @@ TEST(KafkaBrokerDown, PublishesFailWithinTheirDeadlineAndRecover) {
   }
   EXPECT_TRUE(received) << "the subscription did not resume after the brokers returned";
   sub->close();
+  broker->close();
+}
+
+TEST(KafkaBrokerDown, ASubscribeAfterAFatalConsumerErrorGetsAFreshMember) {
+  register_scheme();
+  const std::string topic = unique("fenced");
+  const std::string group = unique("static");
+  cluster().create_topic(topic, 2);
+  // Static membership: the coordinator answering FENCED_INSTANCE_ID is fatal to a consumer.
+  auto broker = Broker::open(url("&consumer.group.instance.id=" + unique("instance") +
+                                 "&consumer.heartbeat.interval.ms=300"));
+  auto first = broker->subscribe({.topic = topic, .group = group});
+  broker->publisher().publish(topic, Message::with_payload("before"));
+  auto d = first->receive(20s);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->message().payload, "before");
+  d->ack();
+
+  cluster().fail_requests(12, {82});  // the next Heartbeat: FENCED_INSTANCE_ID
+  std::string failure;
+  const auto until = SteadyClock::now() + 20s;
+  while (failure.empty() && SteadyClock::now() < until) {
+    try {
+      first->receive(200ms);
+    } catch (const Error& e) {
+      failure = e.what();
+    }
+  }
+  ASSERT_FALSE(failure.empty()) << "the subscriber never heard of the fatal error";
+  EXPECT_NE(failure.find("fatal error"), std::string::npos) << failure;
+
+  // The failed member is not reused: a new subscribe of the same topic and group joins with
+  // a member of its own and consumes.
+  auto second = broker->subscribe({.topic = topic, .group = group});
+  broker->publisher().publish(topic, Message::with_payload("after"));
+  auto e = second->receive(20s);
+  ASSERT_TRUE(e) << "the new subscriber received nothing";
+  EXPECT_EQ(e->message().payload, "after");
+  e->ack();
+  EXPECT_THROW(first->receive(10ms), Error) << "the failed member's subscriber should keep saying so";
+  second->close();
+  first->close();
   broker->close();
 }
 

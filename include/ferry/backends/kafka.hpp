@@ -120,6 +120,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace ferry::kafka {
 
@@ -158,6 +159,9 @@ class MockCluster {
   void set_broker_up(int id);
   // Creates a topic directly in the cluster (librdkafka's mock API).
   void create_topic(const std::string& topic, int partitions, int replication = 1);
+  // The next requests with Kafka API key `api_key` (to any broker) are answered with these
+  // Kafka error codes, one each, in order (e.g. 12 Heartbeat and 82 FENCED_INSTANCE_ID).
+  void fail_requests(int api_key, const std::vector<int>& errors);
 
  private:
   struct Impl;

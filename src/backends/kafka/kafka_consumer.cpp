@@ -232,7 +232,7 @@ void Member::wait_joined() {
 
 std::shared_ptr<Subscription> Member::attach(const SubscribeOptions& options) {
   std::lock_guard lock(mutex_);
-  if (stop_requested_ || closed_) return nullptr;
+  if (stop_requested_ || closed_ || !failure_.ok()) return nullptr;
   auto sub = std::make_shared<Subscription>(shared_from_this(), options, next_sub_++);
   subs_[sub->id()] = sub.get();
   linger_until_.reset();
@@ -242,7 +242,7 @@ std::shared_ptr<Subscription> Member::attach(const SubscribeOptions& options) {
 
 bool Member::leaving() const {
   std::lock_guard lock(mutex_);
-  return stop_requested_ || closed_;
+  return stop_requested_ || closed_ || !failure_.ok();
 }
 
 std::uint64_t Member::in_flight() const {

@@ -80,10 +80,11 @@ class Member : public std::enable_shared_from_this<Member> {
   void start();
   // Waits for the first assignment; throws Error(unavailable) after join_timeout.
   void wait_joined();
-  // A new Subscription, or nullptr if this member is already leaving.
+  // A new Subscription, or nullptr if this member is already leaving (or failed).
   std::shared_ptr<Subscription> attach(const SubscribeOptions& options);
   // Leaves the group now (commits, closes the consumer) and joins the poll thread.
   void close();
+  // Leaving the group, or failed (a fatal consumer error): no new subscriber is given to it.
   bool leaving() const;
   // Deliveries handed out (or being dead-lettered) and not yet settled.
   std::uint64_t in_flight() const;

@@ -70,4 +70,11 @@ void MockCluster::create_topic(const std::string& topic, int partitions, int rep
                 "cannot create topic '" + topic + "' in the mock cluster: " + rd_kafka_err2str(err));
 }
 
+void MockCluster::fail_requests(int api_key, const std::vector<int>& errors) {
+  std::vector<rd_kafka_resp_err_t> codes;
+  for (int e : errors) codes.push_back(static_cast<rd_kafka_resp_err_t>(e));
+  rd_kafka_mock_push_request_errors_array(impl_->cluster.get(), static_cast<std::int16_t>(api_key), codes.size(),
+                                          codes.data());
+}
+
 }  // namespace ferry::kafka
