@@ -133,14 +133,16 @@ std::map<std::string, Committed> committed_offsets(rd_kafka_t* rk, const Options
     rd_kafka_ListConsumerGroupOffsets_t* requests[] = {request.get()};
     rd_kafka_ListConsumerGroupOffsets(rk, requests, 1, opts.get(), queue.get());
   }
-  const auto deadline = SteadyClock::now() + options.admin_timeout + std::chrono::seconds(2);
+  // The requests keep to admin_timeout; their answers get 2 s more to come back.
+  const Ms wait = options.admin_timeout + std::chrono::seconds(2);
+  const auto deadline = SteadyClock::now() + wait;
   for (std::size_t answered = 0; answered < groups.size();) {
     const auto left = std::chrono::duration_cast<Ms>(deadline - SteadyClock::now()).count();
     EventPtr event(rd_kafka_queue_poll(queue.get(), static_cast<int>(std::max<long long>(left, 0))));
     if (!event)
       throw Error(Errc::timeout, "the committed offsets of " + std::to_string(groups.size() - answered) +
                                      " consumer group(s) on " + options.masked_url + " did not arrive within " +
-                                     std::to_string(options.admin_timeout.count()) + " ms" + suffix);
+                                     std::to_string(wait.count()) + " ms" + suffix);
     if (rd_kafka_event_type(event.get()) != RD_KAFKA_EVENT_LISTCONSUMERGROUPOFFSETS_RESULT) continue;
     ++answered;
     if (rd_kafka_resp_err_t err = rd_kafka_event_error(event.get()))
