@@ -17,6 +17,17 @@ namespace {
 
 using namespace std::chrono_literals;
 
+// The error of a publish expected to fail ("" and a test failure if it succeeded).
+std::string failed_publish(Broker& broker, const std::string& topic) {
+  try {
+    broker.publisher().publish(topic, Message::with_payload("lost?"));
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "a publish to '" << topic << "', which could not be created, succeeded";
+  return {};
+}
+
 class KafkaCreateTopics : public ::testing::Test {
  protected:
   void SetUp() override { register_scheme(); }
@@ -109,15 +120,10 @@ TEST_F(KafkaCreateTopics, ARefusedCreationFailsThePublishWithTheReasonAndCreates
   const std::string topic = unique("refused");
   auto broker = Broker::open(through_front("partitions=2&replication=4"));
   const auto start = std::chrono::steady_clock::now();
-  try {
-    broker->publisher().publish(topic, Message::with_payload("lost?"));
-    FAIL() << "a publish to a topic that could not be created succeeded";
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    EXPECT_NE(what.find("cannot create topic '" + topic + "'"), std::string::npos) << what;
-    EXPECT_NE(what.find("Replication factor: 4 larger than available brokers: 3"), std::string::npos) << what;
-    EXPECT_NE(what.find("replication=4"), std::string::npos) << what;
-  }
+  const std::string what = failed_publish(*broker, topic);
+  EXPECT_NE(what.find("cannot create topic '" + topic + "'"), std::string::npos) << what;
+  EXPECT_NE(what.find("Replication factor: 4 larger than available brokers: 3"), std::string::npos) << what;
+  EXPECT_NE(what.find("replication=4"), std::string::npos) << what;
   EXPECT_LT(std::chrono::steady_clock::now() - start, 10s) << "a refusal is an answer: no waiting for admin_timeout";
   auto asked = front_.requests();
   ASSERT_EQ(asked.size(), 1u);
@@ -135,14 +141,9 @@ TEST_F(KafkaCreateTopics, WithoutCreateTopicsTheClusterIsNamedAsLackingIt) {
   // The mock on its own: no controller answers, within admin_timeout.
   const std::string topic = unique("no-admin-api");
   auto broker = Broker::open("kafka://" + cluster().bootstrap() + "?create_topics=admin&admin_timeout=1s");
-  try {
-    broker->publisher().publish(topic, Message::with_payload("lost?"));
-    FAIL() << "a publish to a topic that could not be created succeeded";
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    EXPECT_NE(what.find("cannot create topic '" + topic + "'"), std::string::npos) << what;
-    EXPECT_NE(what.find("add create_topics=auto to the URL"), std::string::npos) << what;
-  }
+  const std::string what = failed_publish(*broker, topic);
+  EXPECT_NE(what.find("cannot create topic '" + topic + "'"), std::string::npos) << what;
+  EXPECT_NE(what.find("add create_topics=auto to the URL"), std::string::npos) << what;
   EXPECT_FALSE(front_.partitions(topic).has_value()) << topic << " was created with the brokers' defaults";
   broker->close();
 }
