@@ -73,7 +73,13 @@ void put_str(std::string& out, const std::string& s) {
   put16(out, static_cast<std::int16_t>(s.size()));
   out += s;
 }
-void put_null(std::string& out) { put16(out, -1); }
+// NULLABLE_STRING: "" goes as null (Reader::str reads null as "").
+void put_nullable(std::string& out, const std::string& s) {
+  if (s.empty())
+    put16(out, -1);
+  else
+    put_str(out, s);
+}
 
 bool read_exact(int fd, char* buf, std::size_t n) {
   while (n > 0) {
@@ -99,21 +105,20 @@ bool write_all(int fd, const char* buf, std::size_t n) {
 
 // A frame is a 4-byte size and that many bytes; `frame` gets the bytes.
 bool read_frame(int fd, std::string& frame) {
-  char size[4];
-  if (!read_exact(fd, size, 4)) return false;
-  const std::uint32_t n = (static_cast<std::uint32_t>(static_cast<unsigned char>(size[0])) << 24) |
-                          (static_cast<std::uint32_t>(static_cast<unsigned char>(size[1])) << 16) |
-                          (static_cast<std::uint32_t>(static_cast<unsigned char>(size[2])) << 8) |
-                          static_cast<std::uint32_t>(static_cast<unsigned char>(size[3]));
+  std::string size(4, '\0');
+  if (!read_exact(fd, size.data(), 4)) return false;
+  const auto n = static_cast<std::uint32_t>(Reader(size, 0).i32());
   if (n > 64u * 1024 * 1024) return false;
   frame.resize(n);
   return read_exact(fd, frame.data(), n);
 }
 
 bool write_frame(int fd, const std::string& frame) {
-  std::string size;
-  put32(size, static_cast<std::int32_t>(frame.size()));
-  return write_all(fd, size.data(), size.size()) && write_all(fd, frame.data(), frame.size());
+  std::string out;
+  out.reserve(4 + frame.size());
+  put32(out, static_cast<std::int32_t>(frame.size()));
+  out += frame;
+  return write_all(fd, out.data(), out.size());
 }
 
 sockaddr_in loopback(std::uint16_t port) {
@@ -315,17 +320,10 @@ struct CreateTopicsFront::Impl {
       put32(out, node);
       put_str(out, "127.0.0.1");
       put32(out, front_port(port));
-      if (rack.empty())
-        put_null(out);
-      else
-        put_str(out, rack);
+      put_nullable(out, rack);
     }
     if (version >= 2) {
-      const std::string cluster_id = r.str();
-      if (cluster_id.empty())
-        put_null(out);
-      else
-        put_str(out, cluster_id);
+      put_nullable(out, r.str());  // cluster id
     }
     std::int32_t controller = r.i32();
     if (!nodes.empty() && std::find(nodes.begin(), nodes.end(), controller) == nodes.end())
@@ -412,10 +410,7 @@ struct CreateTopicsFront::Impl {
       }
       put_str(out, q.topic);
       put16(out, static_cast<std::int16_t>(q.error));
-      if (message.empty())
-        put_null(out);
-      else
-        put_str(out, message);
+      put_nullable(out, message);
       std::lock_guard lock(mutex);
       requests.push_back(q);
     }
