@@ -55,19 +55,19 @@ int ms_left(SteadyClock::time_point deadline) {
 
 }  // namespace
 
-// One publish_batch: completes once, with ok when every message is reported delivered or
+// One publish call: completes once, with ok when every message is reported delivered or
 // with the first failure. Each message queued in librdkafka holds a reference, and so
-// does the publishing call while it queues them; the call takes them all at the start and
-// gives back those of messages it could not queue, so that it does not write to the
-// batch for every message while the poller thread writes to it too.
-struct Producer::Batch {
-  std::atomic<int> refs{1};
+// does a call of several messages while it queues them; the call takes them all at the
+// start and gives back those of messages it could not queue, so that it does not write to
+// the batch for every message while the poller thread writes to it too. A call of one
+// message holds none: once that message is queued the call leaves the batch alone.
+struct PublishBatch {
+  std::atomic<int> refs{0};
   std::atomic<std::size_t> remaining{0};
-  std::atomic<bool> completed{false};
+  std::atomic<bool> failed{false};
   PublishCallback done;
 
-  void complete(const Status& status) noexcept {
-    if (completed.exchange(true)) return;
+  void run(const Status& status) noexcept {
     if (!done) return;
     try {
       done(status);
@@ -77,62 +77,113 @@ struct Producer::Batch {
       spdlog::error("kafka: a publish callback threw");
     }
   }
+  // The first failure completes the batch; later ones are dropped.
+  void fail(const Status& status) noexcept {
+    if (!failed.exchange(true)) run(status);
+  }
+  // One message reported delivered; the last completes the batch. A failed or unqueued
+  // message never counts down, so this and fail() never both complete it.
+  void delivered() noexcept {
+    // Only the last message's report sees 1: no other can count down after it.
+    if (remaining.load(std::memory_order_acquire) == 1 || remaining.fetch_sub(1) == 1) run(Status::success());
+  }
 };
 
-Producer::Batch* Producer::take_batch() {
-  {
-    std::lock_guard lock(spare_mutex_);
-    if (!spare_.empty()) {
-      Batch* batch = spare_.back();
-      spare_.pop_back();
-      return batch;
-    }
+struct BatchPool {
+  std::mutex mutex;
+  std::vector<PublishBatch*> batches;
+  // At most as many as librdkafka's queue holds messages: no more batches than that are
+  // ever in flight at once, so that one-message publishes at the queue's bound need none new.
+  std::size_t max = 4096;
+
+  ~BatchPool() {
+    for (PublishBatch* batch : batches) delete batch;
   }
-  return new Batch;
+  // Keeps what room allows and deletes the rest.
+  void put(std::span<PublishBatch*> some) noexcept {
+    std::size_t kept = 0;
+    {
+      std::lock_guard lock(mutex);
+      kept = std::min(some.size(), max - std::min(max, batches.size()));
+      batches.insert(batches.end(), some.begin(), some.begin() + static_cast<std::ptrdiff_t>(kept));
+    }
+    for (std::size_t i = kept; i < some.size(); ++i) delete some[i];
+  }
+  void take(std::vector<PublishBatch*>& into, std::size_t n) {
+    std::lock_guard lock(mutex);
+    n = std::min(n, batches.size());
+    into.insert(into.end(), batches.end() - static_cast<std::ptrdiff_t>(n), batches.end());
+    batches.resize(batches.size() - n);
+  }
+};
+
+namespace {
+
+// The batches this thread took from one producer's pool, given back when the thread ends
+// or publishes through another producer.
+struct TakenBatches {
+  std::shared_ptr<BatchPool> from;
+  std::vector<PublishBatch*> batches;
+
+  void give_back() noexcept {
+    if (from) from->put(batches);
+    batches.clear();
+    from.reset();
+  }
+  ~TakenBatches() { give_back(); }
+};
+thread_local TakenBatches taken;
+
+}  // namespace
+
+Producer::Batch* Producer::take_batch() {
+  if (taken.from != pool_) {
+    taken.give_back();
+    taken.from = pool_;
+  }
+  if (taken.batches.empty()) pool_->take(taken.batches, kReturnBunch);
+  if (taken.batches.empty()) return new Batch;
+  Batch* batch = taken.batches.back();
+  taken.batches.pop_back();
+  return batch;
 }
 
-// The last reference returns the batch to the spares: a batch is made on the publishing
-// thread and let go on the poller's, and reusing it spares both threads the allocator's
+// The last reference returns the batch to the pool: a batch is made on the publishing
+// thread and let go of on the poller's, and reusing it spares both threads the allocator's
 // cross-thread locking at every publish.
 void Producer::release(Batch* batch, int refs) noexcept {
-  if (batch->refs.fetch_sub(refs) != refs) return;
-  // Nothing else holds the batch now, and it passes through spare_mutex_ before it is
+  // Holding every reference left (the one report of a one-message publish), nobody else
+  // can drop one: no need to count down.
+  if (batch->refs.load(std::memory_order_acquire) != refs && batch->refs.fetch_sub(refs) != refs) return;
+  // Nothing else holds the batch now, and it passes through the pool's lock before it is
   // used again: plain stores will do.
   if (polling_for == this && batch->done) graveyard.push_back(std::move(batch->done));
   batch->done = nullptr;
-  batch->remaining.store(0, std::memory_order_relaxed);
-  batch->completed.store(false, std::memory_order_relaxed);
+  batch->failed.store(false, std::memory_order_relaxed);
   if (polling_for == this) {
     returned_.push_back(batch);
     if (returned_.size() >= kReturnBunch) {
-      give_back(returned_);
+      pool_->put(returned_);
       returned_.clear();
     }
     return;
   }
   Batch* one[] = {batch};
-  give_back(one);
-}
-
-void Producer::give_back(std::span<Batch*> batches) noexcept {
-  std::size_t kept = 0;
-  {
-    std::lock_guard lock(spare_mutex_);
-    kept = std::min(batches.size(), max_spare_ - std::min(max_spare_, spare_.size()));
-    spare_.insert(spare_.end(), batches.begin(), batches.begin() + static_cast<std::ptrdiff_t>(kept));
-  }
-  for (std::size_t i = kept; i < batches.size(); ++i) delete batches[i];
+  pool_->put(one);
 }
 
 Producer::Producer(const Options& options)
-    : options_(options), number_(producers_made.fetch_add(1) + 1), errors_("producer " + options.masked_url, this) {
+    : options_(options),
+      number_(producers_made.fetch_add(1) + 1),
+      errors_("producer " + options.masked_url, this),
+      pool_(std::make_shared<BatchPool>()) {
   ConfPtr conf = options_.producer_conf();
   char limit[32] = {0};
   std::size_t limit_size = sizeof limit;
   if (rd_kafka_conf_get(conf.get(), "queue.buffering.max.messages", limit, &limit_size) == RD_KAFKA_CONF_OK) {
     const long messages = std::max(1L, std::strtol(limit, nullptr, 10));
     room_step_ = static_cast<int>(std::clamp<long>(messages / 16, 1, 1024));
-    max_spare_ = static_cast<std::size_t>(messages);
+    pool_->max = static_cast<std::size_t>(messages);
   }
   char timeout[32] = {0};
   std::size_t timeout_size = sizeof timeout;
@@ -172,8 +223,7 @@ Producer::~Producer() {
     producer_gone = true;
     poller_.detach();
   }
-  for (Batch* batch : spare_) delete batch;
-  for (Batch* batch : returned_) delete batch;
+  pool_->put(returned_);
 }
 
 void Producer::on_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void* opaque) {
@@ -182,9 +232,9 @@ void Producer::on_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void*
   if (batch) {
     if (message->err) {
       std::string topic = message->rkt ? rd_kafka_topic_name(message->rkt) : std::string("?");
-      batch->complete(self->failure_for(topic, message->err));
-    } else if (batch->remaining.fetch_sub(1) == 1) {
-      batch->complete(Status::success());
+      batch->fail(self->failure_for(topic, message->err));
+    } else {
+      batch->delivered();
     }
     self->release(batch);
   }
@@ -274,7 +324,8 @@ void Producer::publish(const std::string& topic, std::span<Message> messages, Pu
   // the poller sees these stores.
   batch->done = std::move(done);
   batch->remaining.store(messages.size(), std::memory_order_relaxed);
-  batch->refs.store(1 + static_cast<int>(messages.size()), std::memory_order_relaxed);
+  const int held = messages.size() > 1 ? 1 : 0;  // this call's own reference
+  batch->refs.store(held + static_cast<int>(messages.size()), std::memory_order_relaxed);
   std::size_t queued = 0;
   std::optional<SteadyClock::time_point> deadline;  // for room in the queue; set when first short of it
   for (const auto& m : messages) {
@@ -326,11 +377,12 @@ void Producer::publish(const std::string& topic, std::span<Message> messages, Pu
       break;
     }
     if (!failure.ok()) {
-      batch->complete(failure);
+      batch->fail(failure);
       break;
     }
   }
-  release(batch, 1 + static_cast<int>(messages.size() - queued));
+  // What this call holds: its own reference and those of the messages it did not queue.
+  if (const int unused = held + static_cast<int>(messages.size() - queued); unused > 0) release(batch, unused);
 }
 
 Status Producer::ensure_topic(const std::string& topic) {

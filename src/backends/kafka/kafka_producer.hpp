@@ -6,6 +6,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <shared_mutex>
 #include <span>
@@ -19,6 +20,9 @@
 #include "kafka_options.hpp"
 
 namespace ferry::kafka::detail {
+
+struct PublishBatch;  // one publish call's messages in flight and its callback
+struct BatchPool;     // publish batches done with, for reuse
 
 class Producer {
   static constexpr std::size_t kCacheLine = 64;
@@ -55,7 +59,7 @@ class Producer {
   std::string last_error() const { return errors_.suffix(); }
 
  private:
-  struct Batch;
+  using Batch = PublishBatch;
   static void on_delivery(rd_kafka_t* rk, const rd_kafka_message_t* message, void* opaque);
   Status create_topic(const std::string& topic);
   Status wait_visible(const std::string& topic, Ms timeout, bool once);
@@ -64,9 +68,8 @@ class Producer {
   rd_kafka_topic_t* ready_topic(const std::string& topic);
   void wait_for_publishes();
   Batch* take_batch();
-  // Drops `refs` references; the last returns the batch to the spares.
+  // Drops `refs` references; the last returns the batch to the pool.
   void release(Batch* batch, int refs = 1) noexcept;
-  void give_back(std::span<Batch*> batches) noexcept;
   void flush_and_purge();
   void serve_last_reports();
 
@@ -97,13 +100,12 @@ class Producer {
   std::mutex topics_mutex_;
   std::unordered_map<std::string, std::shared_future<Status>> topics_;  // being made sure of
 
-  alignas(kCacheLine) std::mutex spare_mutex_;
-  std::vector<Batch*> spare_;  // batches done with, for reuse
-  // At most as many as librdkafka's queue holds messages: no more batches than that are
-  // ever in flight at once, so that one-message publishes at the queue's bound need none new.
-  std::size_t max_spare_ = 4096;
-  // Batches the poller thread let go of, handed to spare_ in bunches: the poller and a
-  // publishing thread do not meet at spare_mutex_ for every message. Poller thread only.
+  // Batches done with. Publishing threads take them in bunches into a cache of their own,
+  // which keeps the pool alive (past this producer, until the thread ends or publishes
+  // through another producer): a publish does not lock for its batch.
+  std::shared_ptr<BatchPool> pool_;
+  // Batches the poller thread let go of, handed to the pool in bunches: the poller and a
+  // publishing thread do not meet at the pool's lock for every message. Poller thread only.
   alignas(kCacheLine) std::vector<Batch*> returned_;
 
   std::mutex close_mutex_;
