@@ -12,12 +12,16 @@
 // after the addresses goes to ferry's URL only (a mock cluster in another process, as
 // `ferry dev kafka` starts, needs ?create_topics=auto).
 //
-// Throughput, five runs per round, each publishing from a thread of its own:
+// Throughput, six runs per round, each publishing from a thread of its own:
 //   raw              librdkafka, bare messages, the delivery reports counted;
 //   raw+headers      with the two headers ferry's messages carry in `ferry bench` (the
 //                    36-byte ferry-id and the bench's send-time header);
 //   raw+completions  and each message with a completion of its own, run from its
 //                    delivery report: what ferry's publish_async does for a caller;
+//   raw+messages     and each message first built as a ferry::Message, as ferry's bench
+//                    builds it (payload copied in, send time in its header map, stamped),
+//                    then produced from its fields: all that ferry's run does for each
+//                    message but ferry's own publish path;
 //   ferry            ferry::bench, one publish_async per message;
 //   ferry batch 100  ferry::bench, publish_batch_async of 100 messages.
 // The best and the median round of each are reported, and the median of the rounds' own
@@ -26,7 +30,7 @@
 // and system, every thread): with --bootstrap to a mock in another process, the client's
 // cost alone.
 //
-// --only NAME runs one of the five, --rounds times, and nothing else: a run to profile.
+// --only NAME runs one of the six, --rounds times, and nothing else: a run to profile.
 //
 // Latency: `ferry bench` with one producer and one consumer at --rate, not counting the
 // messages of the first second (the group's first fetch; reported apart); then a raw
@@ -45,6 +49,7 @@
 #include <iomanip>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -94,8 +99,9 @@ void on_delivery(rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
 }
 
 // What each message of a raw loop carries: nothing, the two headers, or the headers and a
-// completion of its own.
-enum class RawWork { bare, headers, completions };
+// completion of its own; or that, taken from a ferry::Message built for it as ferry's bench
+// builds one (its payload copied in, the send time in its header map, stamped).
+enum class RawWork { bare, headers, completions, messages };
 
 using Settings = std::vector<std::pair<const char*, const char*>>;
 
@@ -155,17 +161,35 @@ RawResult raw_publish(const std::string& bootstrap, const std::string& topic, st
   std::thread publisher([&] {
     for (std::uint64_t i = 0; i < messages; ++i) {
       rd_kafka_headers_t* headers = nullptr;
-      Completion* completion = work == RawWork::completions ? new Completion{&counters} : nullptr;
-      if (work != RawWork::bare) {
+      Completion* completion =
+          work == RawWork::completions || work == RawWork::messages ? new Completion{&counters} : nullptr;
+      std::optional<ferry::Message> message;
+      if (work == RawWork::headers || work == RawWork::completions) {
         const std::string id = ferry::make_uuid();
         const std::string sent = std::to_string(SteadyClock::now().time_since_epoch().count());
         headers = rd_kafka_headers_new(2);
         rd_kafka_header_add(headers, "ferry-id", -1, id.data(), static_cast<ssize_t>(id.size()));
         rd_kafka_header_add(headers, "bench-sent-ns", -1, sent.data(), static_cast<ssize_t>(sent.size()));
+      } else if (work == RawWork::messages) {
+        message.emplace();
+        message->payload = payload;
+        message->headers.emplace("bench-sent-ns", std::to_string(SteadyClock::now().time_since_epoch().count()));
+        ferry::stamp(*message);
+        headers = rd_kafka_headers_new(message->headers.size() + 1);
+        rd_kafka_header_add(headers, "ferry-id", -1, message->id.data(), static_cast<ssize_t>(message->id.size()));
+        for (const auto& [name, text] : message->headers)
+          rd_kafka_header_add(headers, name.data(), static_cast<ssize_t>(name.size()), text.data(),
+                              static_cast<ssize_t>(text.size()));
       }
       while (true) {
         rd_kafka_resp_err_t err =
-            headers ? rd_kafka_producev(rk, RD_KAFKA_V_RKT(rkt),
+            message ? rd_kafka_producev(rk, RD_KAFKA_V_RKT(rkt),
+                                        RD_KAFKA_V_VALUE(message->payload.data(), message->payload.size()),
+                                        RD_KAFKA_V_HEADERS(headers),
+                                        RD_KAFKA_V_TIMESTAMP(ferry::to_unix_ms(message->timestamp)),
+                                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(completion),
+                                        RD_KAFKA_V_END)
+            : headers ? rd_kafka_producev(rk, RD_KAFKA_V_RKT(rkt),
                                         RD_KAFKA_V_VALUE(const_cast<char*>(payload.data()), payload.size()),
                                         RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                         RD_KAFKA_V_OPAQUE(completion), RD_KAFKA_V_END)
@@ -362,7 +386,7 @@ int main(int argc, char** argv) {
     return ferry::bench::run(config);
   };
 
-  // The five publish runs, in the order a round runs them.
+  // The six publish runs, in the order a round runs them.
   struct Variant {
     std::string name;
     std::function<double(const std::string& topic)> run;  // msg/s
@@ -379,22 +403,26 @@ int main(int argc, char** argv) {
   std::vector<Variant> variants = {{"raw", raw(RawWork::bare)},
                                    {"raw+headers", raw(RawWork::headers)},
                                    {"raw+completions", raw(RawWork::completions)},
+                                   {"raw+messages", raw(RawWork::messages)},
                                    {"ferry", with_ferry(1)},
                                    {"ferry batch 100", with_ferry(100)}};
-  enum { kBare, kHeaders, kCompletions, kFerry, kBatched };
+  enum { kBare, kHeaders, kCompletions, kMessages, kFerry, kBatched };
   if (!only.empty()) {
     auto chosen = std::find_if(variants.begin(), variants.end(), [&](const Variant& v) { return v.name == only; });
     if (chosen == variants.end()) {
-      std::cerr << "--only takes one of: raw, raw+headers, raw+completions, ferry, 'ferry batch 100'\n";
+      std::cerr << "--only takes one of: raw, raw+headers, raw+completions, raw+messages, ferry, 'ferry batch 100'\n";
       return 2;
     }
     variants = {*chosen};
   }
 
+  // Each round starts one run later than the one before, so that no run always follows the
+  // same other run (what a run leaves in the allocator and the mock cluster weighs on the next).
   for (std::uint64_t r = 0; r < rounds; ++r) {
     const std::string suffix = ferry::make_uuid().substr(0, 8);
     std::cout << "round " << r + 1 << ":";
-    for (auto& v : variants) {
+    for (std::size_t k = 0; k < variants.size(); ++k) {
+      Variant& v = variants[(r + k) % variants.size()];
       std::string topic = v.name + "-" + suffix;
       std::replace_if(
           topic.begin(), topic.end(), [](char c) { return c == ' ' || c == '+'; }, '-');
@@ -402,7 +430,7 @@ int main(int argc, char** argv) {
       v.rates.push_back(v.run(topic));
       v.cpu.push_back((cpu_seconds() - cpu) * 1e6 / static_cast<double>(messages));
       std::cout << std::fixed << std::setprecision(0) << " " << v.name << " " << v.rates.back() << " msg/s"
-                << (&v == &variants.back() ? "\n" : ",") << std::flush;
+                << (k + 1 == variants.size() ? "\n" : ",") << std::flush;
     }
   }
   auto best = [](const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); };
@@ -419,7 +447,7 @@ int main(int argc, char** argv) {
     out << std::fixed << std::setprecision(2) << median(v.cpu) << " us";
     return out.str();
   });
-  if (variants.size() == 5) {
+  if (variants.size() == 6) {
     // Each ferry run against the raw run of the same round: the machine's drift between
     // rounds disturbs these least.
     auto ratio = [&](int of, int to) {
@@ -432,6 +460,7 @@ int main(int argc, char** argv) {
     };
     std::cout << "ratio ferry/raw+headers: " << ratio(kFerry, kHeaders) << "\n"
               << "ratio ferry/raw+completions: " << ratio(kFerry, kCompletions) << "\n"
+              << "ratio ferry/raw+messages: " << ratio(kFerry, kMessages) << "\n"
               << "ratio ferry batch 100/raw+headers: " << ratio(kBatched, kHeaders) << "\n";
   }
   if (!only.empty()) return 0;
