@@ -8,6 +8,7 @@
 #include <mutex>
 #include <ostream>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "ferry/broker.hpp"
@@ -175,6 +176,11 @@ Result run(const Config& config) {
       double per_producer_rate = config.rate / config.producers;
       auto t0 = SteadyClock::now();
       std::uint64_t sent = 0;
+      // One message at a time goes out as a copy of this one, its send time changed: a
+      // publish of a message the caller keeps (ferry makes a fresh id for each).
+      Message single;
+      single.payload = payload;
+      std::string& single_sent = single.headers[kSentHeader];
       while (sent < share) {
         int n = static_cast<int>(std::min<std::uint64_t>(static_cast<std::uint64_t>(config.batch), share - sent));
         if (per_producer_rate > 0) {
@@ -191,8 +197,11 @@ Result run(const Config& config) {
         };
         lane.window.acquire(n);
         try {
-          if (n == 1) {
+          if (n == 1 && config.fresh_messages) {
             broker->publisher().publish_async(topic, message(std::move(now)), Done{&lane, n});
+          } else if (n == 1) {
+            single_sent = std::move(now);
+            broker->publisher().publish_async(topic, std::as_const(single), Done{&lane, n});
           } else {
             std::vector<Message> batch;
             batch.reserve(static_cast<std::size_t>(n));

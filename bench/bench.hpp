@@ -23,6 +23,7 @@ struct Config {
   int consumers = 1;
   int window = 1000;         // publishes in flight per producer
   int batch = 1;             // messages per publish call
+  bool fresh_messages = false;  // batch 1: build a new Message for each publish, not publish copies of one kept
   double rate = 0;           // total messages/s to offer; 0 = as fast as possible
   std::string topic;         // empty: a fresh topic per run
   double timeout_s = 300;    // give up waiting for consumers after this long

@@ -18,11 +18,10 @@
 //                    36-byte ferry-id and the bench's send-time header);
 //   raw+completions  and each message with a completion of its own, run from its
 //                    delivery report: what ferry's publish_async does for a caller;
-//   raw+messages     and each message first built as a ferry::Message, as ferry's bench
-//                    builds it (payload copied in, send time in its header map, stamped),
-//                    then produced from its fields: all that ferry's run does for each
-//                    message but ferry's own publish path;
-//   ferry            ferry::bench, one publish_async per message;
+//   ferry            ferry::bench, one publish_async per message, each a copy of one
+//                    message the bench keeps (its send time changed);
+//   ferry fresh      the same, each publish given a ferry::Message built for it (its
+//                    payload copied in, the send time in its header map);
 //   ferry batch 100  ferry::bench, publish_batch_async of 100 messages.
 // The best and the median round of each are reported, and the median of the rounds' own
 // ratios (each ferry run against the raw runs of its round), which the machine's drift
@@ -49,7 +48,6 @@
 #include <iomanip>
 #include <iostream>
 #include <memory>
-#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -99,9 +97,8 @@ void on_delivery(rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
 }
 
 // What each message of a raw loop carries: nothing, the two headers, or the headers and a
-// completion of its own; or that, taken from a ferry::Message built for it as ferry's bench
-// builds one (its payload copied in, the send time in its header map, stamped).
-enum class RawWork { bare, headers, completions, messages };
+// completion of its own.
+enum class RawWork { bare, headers, completions };
 
 using Settings = std::vector<std::pair<const char*, const char*>>;
 
@@ -161,35 +158,17 @@ RawResult raw_publish(const std::string& bootstrap, const std::string& topic, st
   std::thread publisher([&] {
     for (std::uint64_t i = 0; i < messages; ++i) {
       rd_kafka_headers_t* headers = nullptr;
-      Completion* completion =
-          work == RawWork::completions || work == RawWork::messages ? new Completion{&counters} : nullptr;
-      std::optional<ferry::Message> message;
-      if (work == RawWork::headers || work == RawWork::completions) {
+      Completion* completion = work == RawWork::completions ? new Completion{&counters} : nullptr;
+      if (work != RawWork::bare) {
         const std::string id = ferry::make_uuid();
         const std::string sent = std::to_string(SteadyClock::now().time_since_epoch().count());
         headers = rd_kafka_headers_new(2);
         rd_kafka_header_add(headers, "ferry-id", -1, id.data(), static_cast<ssize_t>(id.size()));
         rd_kafka_header_add(headers, "bench-sent-ns", -1, sent.data(), static_cast<ssize_t>(sent.size()));
-      } else if (work == RawWork::messages) {
-        message.emplace();
-        message->payload = payload;
-        message->headers.emplace("bench-sent-ns", std::to_string(SteadyClock::now().time_since_epoch().count()));
-        ferry::stamp(*message);
-        headers = rd_kafka_headers_new(message->headers.size() + 1);
-        rd_kafka_header_add(headers, "ferry-id", -1, message->id.data(), static_cast<ssize_t>(message->id.size()));
-        for (const auto& [name, text] : message->headers)
-          rd_kafka_header_add(headers, name.data(), static_cast<ssize_t>(name.size()), text.data(),
-                              static_cast<ssize_t>(text.size()));
       }
       while (true) {
         rd_kafka_resp_err_t err =
-            message ? rd_kafka_producev(rk, RD_KAFKA_V_RKT(rkt),
-                                        RD_KAFKA_V_VALUE(message->payload.data(), message->payload.size()),
-                                        RD_KAFKA_V_HEADERS(headers),
-                                        RD_KAFKA_V_TIMESTAMP(ferry::to_unix_ms(message->timestamp)),
-                                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(completion),
-                                        RD_KAFKA_V_END)
-            : headers ? rd_kafka_producev(rk, RD_KAFKA_V_RKT(rkt),
+            headers ? rd_kafka_producev(rk, RD_KAFKA_V_RKT(rkt),
                                         RD_KAFKA_V_VALUE(const_cast<char*>(payload.data()), payload.size()),
                                         RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                         RD_KAFKA_V_OPAQUE(completion), RD_KAFKA_V_END)
@@ -373,7 +352,7 @@ int main(int argc, char** argv) {
   std::cout << "kafka at " << bootstrap << (mock ? " (librdkafka mock cluster, in-process)" : "") << "; " << messages
             << " messages of " << size << " B, " << rounds << " rounds\n";
 
-  auto run_ferry = [&](const std::string& topic, int batch) {
+  auto run_ferry = [&](const std::string& topic, int batch, bool fresh) {
     ferry::bench::Config config;
     config.broker = url;
     config.messages = messages;
@@ -382,11 +361,12 @@ int main(int argc, char** argv) {
     config.consumers = 0;
     config.window = 100'000;
     config.batch = batch;
+    config.fresh_messages = fresh;
     config.topic = topic;
     return ferry::bench::run(config);
   };
 
-  // The six publish runs, in the order a round runs them.
+  // The six publish runs, in the order the first round runs them.
   struct Variant {
     std::string name;
     std::function<double(const std::string& topic)> run;  // msg/s
@@ -397,20 +377,20 @@ int main(int argc, char** argv) {
       return raw_publish(bootstrap, topic, messages, size, work).msgs_per_s();
     };
   };
-  auto with_ferry = [&](int batch) {
-    return [&, batch](const std::string& topic) { return run_ferry(topic, batch).publish_msgs_per_s; };
+  auto with_ferry = [&](int batch, bool fresh) {
+    return [&, batch, fresh](const std::string& topic) { return run_ferry(topic, batch, fresh).publish_msgs_per_s; };
   };
   std::vector<Variant> variants = {{"raw", raw(RawWork::bare)},
                                    {"raw+headers", raw(RawWork::headers)},
                                    {"raw+completions", raw(RawWork::completions)},
-                                   {"raw+messages", raw(RawWork::messages)},
-                                   {"ferry", with_ferry(1)},
-                                   {"ferry batch 100", with_ferry(100)}};
-  enum { kBare, kHeaders, kCompletions, kMessages, kFerry, kBatched };
+                                   {"ferry", with_ferry(1, false)},
+                                   {"ferry fresh", with_ferry(1, true)},
+                                   {"ferry batch 100", with_ferry(100, false)}};
+  enum { kBare, kHeaders, kCompletions, kFerry, kFresh, kBatched };
   if (!only.empty()) {
     auto chosen = std::find_if(variants.begin(), variants.end(), [&](const Variant& v) { return v.name == only; });
     if (chosen == variants.end()) {
-      std::cerr << "--only takes one of: raw, raw+headers, raw+completions, raw+messages, ferry, 'ferry batch 100'\n";
+      std::cerr << "--only takes one of: raw, raw+headers, raw+completions, ferry, 'ferry fresh', 'ferry batch 100'\n";
       return 2;
     }
     variants = {*chosen};
@@ -460,7 +440,7 @@ int main(int argc, char** argv) {
     };
     std::cout << "ratio ferry/raw+headers: " << ratio(kFerry, kHeaders) << "\n"
               << "ratio ferry/raw+completions: " << ratio(kFerry, kCompletions) << "\n"
-              << "ratio ferry/raw+messages: " << ratio(kFerry, kMessages) << "\n"
+              << "ratio ferry fresh/raw+completions: " << ratio(kFresh, kCompletions) << "\n"
               << "ratio ferry batch 100/raw+headers: " << ratio(kBatched, kHeaders) << "\n";
   }
   if (!only.empty()) return 0;

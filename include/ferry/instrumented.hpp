@@ -24,7 +24,8 @@ class InstrumentedPublisher : public Publisher {
  public:
   InstrumentedPublisher(Publisher& inner, metrics::Registry& registry, std::string backend);
   void publish_batch_async(const std::string& topic, std::vector<Message> messages, PublishCallback done) override;
-  void publish_async(const std::string& topic, Message message, PublishCallback done) override;
+  void publish_async(const std::string& topic, Message&& message, PublishCallback done) override;
+  void publish_async(const std::string& topic, const Message& message, PublishCallback done) override;
   void close() override { inner_.close(); }
 
  private:

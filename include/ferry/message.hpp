@@ -38,6 +38,8 @@ struct Message {
 
 // A random (version 4) UUID in its canonical 36-character text form.
 std::string make_uuid();
+// The same, written to `out` (no terminating NUL).
+void make_uuid(char (&out)[36]) noexcept;
 
 // Milliseconds since the Unix epoch, and back.
 std::int64_t to_unix_ms(Clock::time_point t) noexcept;

@@ -33,7 +33,12 @@ class Publisher {
 
   // Publishes one message, as a batch of one. Backends whose client takes messages one
   // by one override it to spare the batch's vector.
-  virtual void publish_async(const std::string& topic, Message message, PublishCallback done);
+  virtual void publish_async(const std::string& topic, Message&& message, PublishCallback done);
+  // Publishes a copy of `message`, which stays the caller's, unchanged, to publish again: an
+  // id or timestamp it lacks is filled in the copy sent (each publish of a message without an
+  // id gets a new one). Backends whose client copies what it sends override it to make no
+  // copy of their own.
+  virtual void publish_async(const std::string& topic, const Message& message, PublishCallback done);
 
   // Completes every publish already started; later publishes fail with Errc::closed.
   virtual void close() = 0;

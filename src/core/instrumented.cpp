@@ -46,10 +46,15 @@ void InstrumentedPublisher::publish_batch_async(const std::string& topic, std::v
   });
 }
 
-void InstrumentedPublisher::publish_async(const std::string& topic, Message message, PublishCallback done) {
+void InstrumentedPublisher::publish_async(const std::string& topic, Message&& message, PublishCallback done) {
   counted(topic, 1, std::move(done), [&](PublishCallback wrapped) {
     inner_.publish_async(topic, std::move(message), std::move(wrapped));
   });
+}
+
+void InstrumentedPublisher::publish_async(const std::string& topic, const Message& message, PublishCallback done) {
+  counted(topic, 1, std::move(done),
+          [&](PublishCallback wrapped) { inner_.publish_async(topic, message, std::move(wrapped)); });
 }
 
 namespace {

@@ -40,14 +40,13 @@ std::string_view get_bytes(std::string_view& in) {
 
 }  // namespace
 
-std::string make_uuid() {
+void make_uuid(char (&text)[36]) noexcept {
   std::uint64_t hi = random_word();
   std::uint64_t lo = random_word();
   hi = (hi & ~0xf000ULL) | 0x4000ULL;                       // version 4
   lo = (lo & ~(0xc0ULL << 56)) | (0x80ULL << 56);           // RFC 4122 variant
   static constexpr char digits[] = "0123456789abcdef";
   // 8-4-4-4-12 hex digits: hi gives the first 16, lo the last 16.
-  char text[36];
   int at = 0;
   auto emit = [&](std::uint64_t word, int nibbles) {
     for (int i = 0; i < nibbles; ++i, word <<= 4) text[at++] = digits[word >> 60];
@@ -62,6 +61,11 @@ std::string make_uuid() {
   lo = emit(lo, 4);
   text[at++] = '-';
   emit(lo, 12);
+}
+
+std::string make_uuid() {
+  char text[36];
+  make_uuid(text);
   return std::string(text, sizeof text);
 }
 

@@ -4,10 +4,14 @@
 
 namespace ferry {
 
-void Publisher::publish_async(const std::string& topic, Message message, PublishCallback done) {
+void Publisher::publish_async(const std::string& topic, Message&& message, PublishCallback done) {
   std::vector<Message> batch;
   batch.push_back(std::move(message));
   publish_batch_async(topic, std::move(batch), std::move(done));
+}
+
+void Publisher::publish_async(const std::string& topic, const Message& message, PublishCallback done) {
+  publish_async(topic, Message(message), std::move(done));
 }
 
 std::future<Status> Publisher::publish_future(const std::string& topic, Message message) {

@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <future>
 #include <iterator>
 #include <latch>
 #include <random>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 namespace ferry::testing {
 namespace {
@@ -335,6 +337,41 @@ TEST_P(Conformance, HeadersKeyAndBinaryPayloadSurvive) {
     EXPECT_TRUE(got_bare->message.headers.empty());
     EXPECT_TRUE(got_bare->message.payload.empty());
     EXPECT_NE(got_bare->message.timestamp, Clock::time_point{}) << "ferry did not stamp a timestamp";
+  });
+}
+
+TEST_P(Conformance, AMessageKeptByTheCallerGoesOutOncePerPublishAndStaysAsItWas) {
+  run([](Context& c) {
+    const auto topic = c.name("kept");
+    auto sub = c.subscribe(topic, c.name("g"));
+    Message kept;  // no id and no timestamp: each publish makes its own
+    kept.key = "k";
+    kept.headers = {{"n", "1"}};
+    kept.payload = std::string("kept\0", 5);
+    std::promise<Status> first, second;
+    c.broker().publisher().publish_async(topic, kept, [&](const Status& s) { first.set_value(s); });
+    kept.headers["n"] = "2";  // the first publish sent a copy: this goes out with the second only
+    c.broker().publisher().publish_async(topic, std::as_const(kept), [&](const Status& s) { second.set_value(s); });
+    for (auto* done : {&first, &second}) {
+      auto status = done->get_future();
+      ASSERT_EQ(status.wait_for(c.patience()), std::future_status::ready) << "a publish never completed";
+      EXPECT_TRUE(status.get().ok());
+    }
+    EXPECT_TRUE(kept.id.empty()) << "the caller's message was given an id";
+    EXPECT_EQ(kept.timestamp, Clock::time_point{}) << "the caller's message was given a timestamp";
+
+    auto seen = drain(*sub, 2, c.patience());
+    ASSERT_EQ(seen.size(), 2u) << "expected each publish to be delivered once";
+    EXPECT_NE(seen[0].id, seen[1].id) << "two publishes of one message without an id went out with the same id";
+    std::set<std::string> numbers;
+    for (const auto& s : seen) {
+      EXPECT_FALSE(s.id.empty());
+      EXPECT_EQ(s.message.key, kept.key);
+      EXPECT_EQ(s.message.payload, kept.payload);
+      EXPECT_NE(s.message.timestamp, Clock::time_point{});
+      numbers.insert(s.message.headers.count("n") ? s.message.headers.at("n") : "none");
+    }
+    EXPECT_EQ(numbers, (std::set<std::string>{"1", "2"}));
   });
 }
 

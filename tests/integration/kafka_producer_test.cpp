@@ -2,7 +2,7 @@
 // threads, one message per call and in batches larger than the queue, all complete and
 // arrive; a batch with a message the producer refuses fails once, and the messages queued
 // before it are still delivered; publish callbacks may drop the last reference to their
-// broker, close it, or publish again.
+// broker, close it, or publish again; one thread may publish through several brokers.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -133,6 +133,38 @@ TEST(KafkaProducer, ABatchWithARefusedMessageFailsOnceAndDeliversWhatWasQueued) 
   EXPECT_EQ(outcome.calls, 1) << "the batch's callback ran more than once";
   sub->close();
   broker->close();
+}
+
+TEST(KafkaProducer, OneThreadPublishingThroughTwoBrokersInTurnCompletesEachPublishOnce) {
+  // A publishing thread keeps a few of a producer's batch objects until it publishes
+  // through another producer or ends: here it changes producer at every publish, and goes
+  // on publishing after the one it used last is gone.
+  TopicWithSubscriber a("", "turns-a"), b("", "turns-b");
+  constexpr int kEach = 300;
+  Outcomes outcomes;
+  for (int i = 0; i < kEach; ++i) {
+    b.broker->publisher().publish_async(b.topic, Message::with_payload("b" + std::to_string(i)), outcomes.callback());
+    a.broker->publisher().publish_async(a.topic, Message::with_payload("a" + std::to_string(i)), outcomes.callback());
+  }
+  ASSERT_TRUE(outcomes.wait_for_calls(2 * kEach, 60s)) << outcomes.calls << " of " << 2 * kEach;
+  EXPECT_EQ(receive_all(*a.sub, 1 + kEach, 60s).size(), 1u + kEach);
+  a.sub->close();
+  a.broker->close();
+  a.sub.reset();
+  a.broker.reset();
+
+  for (int i = kEach; i < 2 * kEach; ++i)
+    b.broker->publisher().publish_async(b.topic, Message::with_payload("b" + std::to_string(i)), outcomes.callback());
+  ASSERT_TRUE(outcomes.wait_for_calls(3 * kEach, 60s)) << outcomes.calls << " of " << 3 * kEach;
+  auto payloads = receive_all(*b.sub, 1 + 2 * kEach, 60s);
+  EXPECT_EQ(payloads.size(), 1u + 2 * kEach);
+  EXPECT_TRUE(payloads.count("b0") && payloads.count("b599"));
+  std::this_thread::sleep_for(200ms);
+  std::lock_guard lock(outcomes.mutex);
+  EXPECT_EQ(outcomes.ok, 3 * kEach) << outcomes.first_failure;
+  EXPECT_EQ(outcomes.calls, 3 * kEach) << "a callback ran more than once";
+  b.sub->close();
+  b.broker->close();
 }
 
 // Publish callbacks run on the producer's poller thread: what they may do there.

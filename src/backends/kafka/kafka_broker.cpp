@@ -27,7 +27,11 @@ class KafkaPublisher : public Publisher {
   void publish_batch_async(const std::string& topic, std::vector<Message> messages, PublishCallback done) override {
     producer_->publish(topic, messages, std::move(done));
   }
-  void publish_async(const std::string& topic, Message message, PublishCallback done) override {
+  void publish_async(const std::string& topic, Message&& message, PublishCallback done) override {
+    producer_->publish(topic, {&message, 1}, std::move(done));
+  }
+  // librdkafka copies what it sends: the caller's message needs no copy of ferry's.
+  void publish_async(const std::string& topic, const Message& message, PublishCallback done) override {
     producer_->publish(topic, {&message, 1}, std::move(done));
   }
   void close() override { producer_->close_publisher(); }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <optional>
+#include <string_view>
 
 #include "ferry/subscriber.hpp"
 
@@ -14,7 +15,8 @@ namespace {
 using SteadyClock = std::chrono::steady_clock;
 
 constexpr const char* kIdHeader = "ferry-id";
-constexpr std::size_t kReturnBunch = 64;
+// Batch objects move between a producer's pool and a thread this many at a time.
+constexpr std::size_t kBunch = 64;
 
 // The producer whose poller runs on this thread, if any.
 thread_local const void* polling_for = nullptr;
@@ -141,7 +143,7 @@ Producer::Batch* Producer::take_batch() {
     taken.give_back();
     taken.from = pool_;
   }
-  if (taken.batches.empty()) pool_->take(taken.batches, kReturnBunch);
+  if (taken.batches.empty()) pool_->take(taken.batches, kBunch);
   if (taken.batches.empty()) return new Batch;
   Batch* batch = taken.batches.back();
   taken.batches.pop_back();
@@ -162,7 +164,7 @@ void Producer::release(Batch* batch, int refs) noexcept {
   batch->failed.store(false, std::memory_order_relaxed);
   if (polling_for == this) {
     returned_.push_back(batch);
-    if (returned_.size() >= kReturnBunch) {
+    if (returned_.size() >= kBunch) {
       pool_->put(returned_);
       returned_.clear();
     }
@@ -198,7 +200,7 @@ Producer::Producer(const Options& options)
                 "cannot configure the Kafka producer for " + options_.masked_url + ": " + errstr);
   conf.release();  // rd_kafka_new took it
   handle_.reset(rk);
-  returned_.reserve(kReturnBunch);
+  returned_.reserve(kBunch);
   poller_ = std::thread([this] {
     name_thread("ferry-kafka-dr");
     polling_for = this;
@@ -291,12 +293,12 @@ rd_kafka_topic_t* Producer::ready_topic(const std::string& topic) {
   return handle;
 }
 
-void Producer::publish(const std::string& topic, std::span<Message> messages, PublishCallback done, bool internal) {
+void Producer::publish(const std::string& topic, std::span<const Message> messages, PublishCallback done,
+                       bool internal) {
   rd_kafka_topic_t* rkt = ready_topic(topic);
   if (!rkt && !valid_name(topic))
     throw Error(Errc::invalid_argument,
                 "topic '" + topic + "' is not valid: use 1 to 200 characters from A-Z a-z 0-9 . _ -");
-  for (auto& m : messages) stamp(m);
   auto fail = [&](const Status& s) {
     if (done) done(s);
   };
@@ -329,8 +331,16 @@ void Producer::publish(const std::string& topic, std::span<Message> messages, Pu
   std::size_t queued = 0;
   std::optional<SteadyClock::time_point> deadline;  // for room in the queue; set when first short of it
   for (const auto& m : messages) {
+    // What the message lacks is made for what is sent; the message stays as it is.
+    char made_id[36];
+    std::string_view id = m.id;
+    if (id.empty()) {
+      make_uuid(made_id);
+      id = {made_id, sizeof made_id};
+    }
+    const Clock::time_point timestamp = m.timestamp == Clock::time_point{} ? Clock::now() : m.timestamp;
     HeadersPtr headers(rd_kafka_headers_new(m.headers.size() + 1));
-    rd_kafka_header_add(headers.get(), kIdHeader, -1, m.id.data(), static_cast<ssize_t>(m.id.size()));
+    rd_kafka_header_add(headers.get(), kIdHeader, -1, id.data(), static_cast<ssize_t>(id.size()));
     for (const auto& [name, value] : m.headers)
       rd_kafka_header_add(headers.get(), name.data(), static_cast<ssize_t>(name.size()), value.data(),
                           static_cast<ssize_t>(value.size()));
@@ -341,7 +351,7 @@ void Producer::publish(const std::string& topic, std::span<Message> messages, Pu
       rd_kafka_resp_err_t err =
           rd_kafka_producev(handle_.get(), RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_KEY(key, key_len),
                             RD_KAFKA_V_VALUE(const_cast<char*>(m.payload.data()), m.payload.size()),
-                            RD_KAFKA_V_HEADERS(headers.get()), RD_KAFKA_V_TIMESTAMP(to_unix_ms(m.timestamp)),
+                            RD_KAFKA_V_HEADERS(headers.get()), RD_KAFKA_V_TIMESTAMP(to_unix_ms(timestamp)),
                             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(batch), RD_KAFKA_V_END);
       if (!err) {
         headers.release();  // librdkafka owns them now

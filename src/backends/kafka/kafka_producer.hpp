@@ -35,11 +35,13 @@ class Producer {
   Producer(const Producer&) = delete;
   Producer& operator=(const Producer&) = delete;
 
-  // Stamps and publishes (librdkafka copies the messages: they are the caller's again when
-  // this returns); `done` runs once (on the poller thread, or on the caller's thread for a
-  // failure known at once). Throws Error(invalid_argument) for an invalid topic name.
-  // `internal` publishes (dead letters) still work after close_publisher().
-  void publish(const std::string& topic, std::span<Message> messages, PublishCallback done, bool internal = false);
+  // Publishes the messages, an id and a timestamp made for those that lack them, and leaves
+  // them as they are (librdkafka copies what it sends); `done` runs once (on the poller
+  // thread, or on the caller's thread for a failure known at once). Throws
+  // Error(invalid_argument) for an invalid topic name. `internal` publishes (dead letters)
+  // still work after close_publisher().
+  void publish(const std::string& topic, std::span<const Message> messages, PublishCallback done,
+               bool internal = false);
 
   // Makes sure the topic exists (see create_topics), once per topic and process handle.
   Status ensure_topic(const std::string& topic);
