@@ -41,8 +41,10 @@ class Window {
   }
   void release(int n) {
     const std::uint64_t released = released_.fetch_add(static_cast<std::uint64_t>(n)) + static_cast<std::uint64_t>(n);
-    const std::int64_t wanted = wanted_.load();
-    if (wanted >= 0 && released >= static_cast<std::uint64_t>(wanted)) {
+    std::int64_t wanted = wanted_.load();
+    // The release that reaches the wanted count wakes the producer, once: the releases after
+    // it, before the producer runs again, find it cleared.
+    if (wanted >= 0 && released >= static_cast<std::uint64_t>(wanted) && wanted_.compare_exchange_strong(wanted, -1)) {
       std::lock_guard lock(mutex_);
       cv_.notify_all();
     }
