@@ -53,7 +53,10 @@
 //     failure. The message id travels in the record header `ferry-id`, the other headers
 //     as record headers, the timestamp as the record's CreateTime, the key as the record
 //     key. A record without `ferry-id` (from another client) gets the id
-//     "kafka:<topic>/<partition>/<offset>", stable across redeliveries.
+//     "kafka:<topic>/<partition>/<offset>", stable across redeliveries. librdkafka copies
+//     each message into its queue: publish_async of a `const Message&` makes no other
+//     copy, so a caller sending many messages alike can keep one and change it between
+//     publishes.
 //   - Subscribe: the subscribers of one Broker handle that share (topic, group) share
 //     one consumer-group member, whose prefetched messages they divide between them;
 //     other handles and processes are other members. subscribe() returns once the
