@@ -348,11 +348,13 @@ TEST_P(Conformance, AMessageKeptByTheCallerGoesOutOncePerPublishAndStaysAsItWas)
     kept.key = "k";
     kept.headers = {{"n", "1"}};
     kept.payload = std::string("kept\0", 5);
-    std::promise<Status> first, second;
-    c.broker().publisher().publish_async(topic, kept, [&](const Status& s) { first.set_value(s); });
+    auto first = std::make_shared<std::promise<Status>>();
+    auto second = std::make_shared<std::promise<Status>>();
+    c.broker().publisher().publish_async(topic, kept, [first](const Status& s) { first->set_value(s); });
     kept.headers["n"] = "2";  // the first publish sent a copy: this goes out with the second only
-    c.broker().publisher().publish_async(topic, std::as_const(kept), [&](const Status& s) { second.set_value(s); });
-    for (auto* done : {&first, &second}) {
+    c.broker().publisher().publish_async(topic, std::as_const(kept),
+                                         [second](const Status& s) { second->set_value(s); });
+    for (const auto& done : {first, second}) {
       auto status = done->get_future();
       ASSERT_EQ(status.wait_for(c.patience()), std::future_status::ready) << "a publish never completed";
       EXPECT_TRUE(status.get().ok());

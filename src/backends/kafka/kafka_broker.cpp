@@ -5,6 +5,7 @@
 
 #include <map>
 #include <mutex>
+#include <utility>
 
 #include "ferry/backends/kafka.hpp"
 #include "ferry/broker.hpp"
@@ -27,10 +28,11 @@ class KafkaPublisher : public Publisher {
   void publish_batch_async(const std::string& topic, std::vector<Message> messages, PublishCallback done) override {
     producer_->publish(topic, messages, std::move(done));
   }
+  // librdkafka copies what it sends: a message is published from where it is, whether
+  // the caller keeps it or not, with no copy of ferry's.
   void publish_async(const std::string& topic, Message&& message, PublishCallback done) override {
-    producer_->publish(topic, {&message, 1}, std::move(done));
+    publish_async(topic, std::as_const(message), std::move(done));
   }
-  // librdkafka copies what it sends: the caller's message needs no copy of ferry's.
   void publish_async(const std::string& topic, const Message& message, PublishCallback done) override {
     producer_->publish(topic, {&message, 1}, std::move(done));
   }
